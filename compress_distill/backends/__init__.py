@@ -1,0 +1,1 @@
+"""Job backends: one protocol (`base.JobBackend`), implemented by `local` (subprocess) and `slurm`."""

@@ -1,0 +1,234 @@
+"""Config -> plan: the training cells and the explicit DAG of steps. Pure.
+
+Every node carries the *versioned* values that make up its identity
+(`params`), the ids of its upstream nodes, and the job it needs. Its cache
+key hashes exactly: stage, the stage's code version, `params` and the
+upstream keys. Paths, hostnames, partitions, time limits and labels are not
+part of any key, so moving the store or the cluster keeps every key.
+
+Stages, in order:
+  prepare -> generate (rejection rounds, in one serving job) -> verify
+  -> compress -> judge (optional) -> derive (training sets per source)
+  -> train -> evaluate -> report
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import CELL_AXES, StudyConfig
+from .versions import CODE_VERSIONS
+
+STAGES = ("prepare", "generate", "verify", "compress", "judge", "derive", "train", "evaluate", "report")
+KEY_LEN = 16
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One student training run of the grid."""
+
+    teacher: str
+    student: str
+    method: str
+    data: str
+    gpus: int
+    block: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.teacher}.{self.student}.{self.method}.{self.data}"
+
+    def axis(self, axis: str) -> str:
+        return str(getattr(self, axis))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a node needs to run. `kind` picks the environment and resources in the cluster profile."""
+
+    kind: str  # vllm | train | eval | cpu
+    gpus: int = 0
+
+
+@dataclass(frozen=True)
+class Node:
+    stage: str
+    name: str
+    params: Mapping[str, Any]
+    deps: tuple[str, ...]
+    job: JobSpec
+    cell: Cell | None = None
+    # config names this node is about (teacher, compressor, source); not identity, just lookup
+    refs: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.stage}/{self.name}"
+
+
+@dataclass
+class Plan:
+    config: StudyConfig
+    cells: list[Cell]
+    nodes: dict[str, Node]  # insertion order is a topological order
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        return [(dep, n.id) for n in self.nodes.values() for dep in n.deps]
+
+    def identity(self, node_id: str) -> dict[str, Any]:
+        """Everything hashed into the node's key; also what `explain` diffs."""
+        node = self.nodes[node_id]
+        return {
+            "stage": node.stage,
+            "code_version": CODE_VERSIONS[node.stage],
+            "params": _jsonable(node.params),
+            "upstream": {dep: self.keys[dep] for dep in node.deps},
+        }
+
+    def dependants(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {nid: [] for nid in self.nodes}
+        for dep, nid in self.edges:
+            out[dep].append(nid)
+        return out
+
+    def select(self, patterns: Mapping[str, str]) -> list[Cell]:
+        """Cells whose axes match glob patterns, e.g. {"student": "qwen*", "data": "raw"}."""
+        bad = set(patterns) - set(CELL_AXES)
+        if bad:
+            raise ValueError(f"unknown selection axis {sorted(bad)}; allowed: {', '.join(CELL_AXES)}")
+        return [c for c in self.cells if all(fnmatch.fnmatchcase(c.axis(a), p) for a, p in patterns.items())]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def hash_identity(identity: Mapping[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LEN]
+
+
+def expand_cells(cfg: StudyConfig) -> list[Cell]:
+    """Grid blocks -> unique cells, in config order. A cell listed by two blocks is an error."""
+    cells: dict[str, Cell] = {}
+    for block in cfg.grid:
+        for t in block.teachers:
+            for s in block.students:
+                student = cfg.students[s]
+                for m in block.methods:
+                    if student.methods is not None and m not in student.methods:
+                        continue
+                    for d in block.data:
+                        values = {"teacher": t, "student": s, "method": m, "data": d}
+                        if any(all(values[k] == v for k, v in ex.items()) for ex in block.exclude):
+                            continue
+                        cell = Cell(t, s, m, d, student.gpus_by_data.get(d, student.gpus), block.name)
+                        if cell.name in cells:
+                            raise ValueError(f"grid: cell {cell.name} appears in blocks "
+                                             f"{cells[cell.name].block!r} and {block.name!r}")
+                        cells[cell.name] = cell
+    if not cells:
+        raise ValueError("grid: expands to no cells")
+    return list(cells.values())
+
+
+def _serving_identity(model: str, sampling: Any, max_model_len: int) -> dict[str, Any]:
+    # Parallel layout and memory fraction do not change what is generated; the context length does.
+    return {"model": model, "sampling": sampling.model_dump(), "max_model_len": max_model_len}
+
+
+def build_plan(cfg: StudyConfig) -> Plan:
+    cells = expand_cells(cfg)
+    nodes: dict[str, Node] = {}
+
+    def add(node: Node) -> str:
+        if node.id not in nodes:
+            nodes[node.id] = node
+        return node.id
+
+    train_sets = {k: v.model_dump() for k, v in cfg.datasets.items() if v.train_split}
+    eval_sets = {k: v.model_dump() for k, v in cfg.datasets.items() if v.eval_split}
+    pool = add(Node("prepare", "train-pool", {"datasets": train_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
+    suite = add(Node("prepare", "eval-suite", {"datasets": eval_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
+
+    teachers = sorted({c.teacher for c in cells}, key=list(cfg.teachers).index)
+    sources_by_teacher: dict[str, list[str]] = {t: [] for t in teachers}
+    for c in cells:
+        if c.data not in sources_by_teacher[c.teacher]:
+            sources_by_teacher[c.teacher].append(c.data)
+
+    upstream_leaves: list[str] = []
+    derive_ids: dict[tuple[str, str], str] = {}
+    for t in teachers:
+        ts = cfg.teachers[t]
+        gen = add(Node(
+            "generate", t,
+            {**_serving_identity(ts.model, ts.sampling, ts.serve.max_model_len),
+             "rejection_rounds": ts.rejection_rounds, "system_prompt": ts.system_prompt},
+            (pool,), JobSpec("vllm", ts.serve.gpus), refs={"teacher": t},
+        ))
+        ver = add(Node("verify", t, {}, (gen, pool), JobSpec("cpu"), refs={"teacher": t}))
+        upstream_leaves.append(ver)
+        compressors = [cfg.data_sources[d].compressor for d in sources_by_teacher[t]]
+        comp_ids: dict[str, str] = {}
+        for cname in dict.fromkeys(c for c in compressors if c):
+            cs = cfg.compressors[cname]
+            comp_ids[cname] = add(Node(
+                "compress", f"{t}.{cname}",
+                {**_serving_identity(cs.model, cs.sampling, cs.serve.max_model_len),
+                 "prompt": cs.prompt, "domain_prompts": dict(cs.domain_prompts)},
+                (ver,), JobSpec("vllm", cs.serve.gpus), refs={"teacher": t, "compressor": cname},
+            ))
+            upstream_leaves.append(comp_ids[cname])
+            if cfg.judge is not None and cfg.judge.enabled:
+                j = cfg.judge
+                upstream_leaves.append(add(Node(
+                    "judge", f"{t}.{cname}",
+                    {"model": j.model, "max_tokens": j.max_tokens, "max_model_len": j.serve.max_model_len,
+                     "original_max_chars": j.original_max_chars, "compressed_max_chars": j.compressed_max_chars,
+                     "max_attempts": j.max_attempts},
+                    (comp_ids[cname],), JobSpec("vllm", j.serve.gpus), refs={"teacher": t, "compressor": cname},
+                )))
+        for d in sources_by_teacher[t]:
+            src = cfg.data_sources[d]
+            params: dict[str, Any] = {"source": src.model_dump(exclude={"label"}),
+                                      "chat_template": cfg.training.chat_template}
+            deps: tuple[str, ...] = (ver,)
+            if src.compressor:
+                cs = cfg.compressors[src.compressor]
+                params["compressor_tokenizer"] = cs.tokenizer or cs.model
+                deps = (ver, comp_ids[src.compressor])
+            derive_ids[(t, d)] = add(Node("derive", f"{t}.{d}", params, deps, JobSpec("cpu"),
+                                          refs={"teacher": t, "source": d}))
+
+    evals: list[str] = []
+    for c in cells:
+        st = cfg.students[c.student]
+        method = cfg.method_for(c.student, c.method)
+        tr = add(Node(
+            "train", c.name,
+            {"student": st.model, "method": method.model_dump(exclude={"label"}),
+             "training": cfg.training.model_dump(), "fsdp": st.fsdp and method.kind == "full",
+             "decoder_layer": st.decoder_layer, "world_size": c.gpus},
+            (derive_ids[(c.teacher, c.data)],), JobSpec("train", c.gpus), c,
+        ))
+        ev = cfg.evaluation
+        evals.append(add(Node(
+            "evaluate", c.name,
+            {"max_tokens": ev.max_tokens, "temperature": ev.temperature, "groups": ev.groups},
+            (tr, suite), JobSpec("eval", ev.serve.gpus), c,
+        )))
+    add(Node("report", "study", {}, tuple(upstream_leaves + evals), JobSpec("cpu")))
+
+    plan = Plan(cfg, cells, nodes)
+    for nid in nodes:  # insertion order is topological: deps are always added first
+        plan.keys[nid] = hash_identity(plan.identity(nid))
+    return plan
+

@@ -1,0 +1,150 @@
+"""Run one plan node: store lookup -> lease -> execute -> atomic commit. No Prefect here.
+
+CPU nodes run in-process. Job nodes (generation, training, evaluation) run
+`python -m compress_distill.node_main` through a job backend when one is
+given (local subprocess or Slurm), in-process otherwise. Either way the stage
+writes into a temporary directory that only this module commits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .backends.base import JobBackend, JobError, JobRequest, JobState, log_tail
+from .plan import Plan
+from .stages import StageContext, StageResult, stage_function
+from .store import LEASE_TTL_S, ArtifactStore, atomic_write_text, git_revision
+
+log = logging.getLogger(__name__)
+RESULT_FILE = "_result.json"
+
+
+@dataclass(frozen=True)
+class NodeOutcome:
+    node_id: str
+    key: str
+    path: str  # relative to the store root
+    cached: bool
+    seconds: float = 0.0
+    job_id: str | None = None
+    would_run: bool = False  # dry run: not executed
+
+
+@dataclass
+class RunContext:
+    plan: Plan
+    store: ArtifactStore
+    config_path: Path  # resolved-config snapshot that job processes load
+    backend: JobBackend | None = None
+    force: frozenset[str] = frozenset()
+    dry_run: bool = False
+    poll_s: float = 1.0
+    on_job: Callable[[str, str, Path], None] | None = None  # (node_id, job_id, log) for UIs
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def lease_ttl() -> float:
+    return float(os.environ.get("COMPRESS_DISTILL_LEASE_TTL_S", LEASE_TTL_S))
+
+
+def snapshot_config(plan: Plan, store: ArtifactStore) -> Path:
+    """Write the resolved config where job processes can read it (data by file, never via shell)."""
+    path = store.root / ".configs" / f"{plan.config.name}-{plan.keys[next(reversed(plan.nodes))]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        atomic_write_text(path, plan.config.model_dump_json(indent=2))
+    return path
+
+
+def execute_stage(plan: Plan, store: ArtifactStore, node_id: str, out: Path) -> StageResult:
+    """Run the stage function of `node_id` into `out` and record its result there."""
+    node = plan.nodes[node_id]
+    inputs = {dep: store.path(plan.nodes[dep].stage, plan.nodes[dep].name, plan.keys[dep]) for dep in node.deps}
+    missing = [d for d, p in inputs.items() if not (p / "manifest.json").is_file()]
+    if missing:
+        raise RuntimeError(f"{node_id}: upstream not committed: {', '.join(missing)}")
+    result = stage_function(node.stage)(StageContext(plan.config, node, inputs, out))
+    atomic_write_text(out / RESULT_FILE, json.dumps(
+        {"rows": result.rows, "metrics": result.metrics, "placeholder": result.placeholder}, default=str))
+    return result
+
+
+def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
+    plan, store = ctx.plan, ctx.store
+    node = plan.nodes[node_id]
+    key = plan.keys[node_id]
+    final = store.path(node.stage, node.name, key)
+    forced = node_id in ctx.force
+    if not forced and store.is_done(node.stage, node.name, key):
+        return NodeOutcome(node_id, key, store.rel(final), cached=True)
+    if ctx.dry_run:
+        return NodeOutcome(node_id, key, store.rel(final), cached=False, would_run=True)
+    with store.lease(node.stage, node.name, key, ttl_s=lease_ttl()):
+        if not forced and store.is_done(node.stage, node.name, key):  # another run finished it meanwhile
+            return NodeOutcome(node_id, key, store.rel(final), cached=True)
+        tmp = store.begin(node.stage, node.name, key)
+        started = time.time()
+        job_id = None
+        if node.job.kind == "cpu" or ctx.backend is None:
+            execute_stage(plan, store, node_id, tmp)
+        else:
+            job_id = _run_as_job(ctx, node_id, tmp)
+        finished = time.time()
+        result = json.loads((tmp / RESULT_FILE).read_text())
+        (tmp / RESULT_FILE).unlink()
+        manifest: dict[str, Any] = {
+            "node": node_id, "stage": node.stage, "name": node.name, "key": key,
+            "identity": plan.identity(node_id),
+            "job": {"kind": node.job.kind, "gpus": node.job.gpus, "job_id": job_id,
+                    "backend": ctx.backend.name if ctx.backend and job_id else "inprocess"},
+            "rows": result["rows"], "metrics": result["metrics"], "placeholder": result["placeholder"],
+            "started_at": started, "finished_at": finished, "seconds": round(finished - started, 3),
+            "git_revision": git_revision(), "host": socket.gethostname(),
+        }
+        store.commit(tmp, node.stage, node.name, key, manifest, replace=forced)
+    log.info("%s committed in %.1fs (key %s)", node_id, finished - started, key)
+    return NodeOutcome(node_id, key, store.rel(final), cached=False, seconds=finished - started, job_id=job_id)
+
+
+def _run_as_job(ctx: RunContext, node_id: str, tmp: Path) -> str:
+    assert ctx.backend is not None
+    plan, store = ctx.plan, ctx.store
+    node = plan.nodes[node_id]
+    key = plan.keys[node_id]
+    res = plan.config.cluster.job(node.job.kind)
+    job_dir = store.root / node.stage / ".jobs" / f"{node.name}-{key}"
+    job_dir.mkdir(parents=True, exist_ok=True)
+    log_path = job_dir / f"attempt-{int(time.time())}.log"
+    threads = str(res.cpus_per_task)
+    req = JobRequest(
+        name=f"cd-{node.stage}-{node.name}-{key}"[:120],
+        command=[sys.executable, "-m", "compress_distill.node_main", "--config", str(ctx.config_path),
+                 "--store", str(store.root), "--node", node_id, "--out", str(tmp)],
+        workdir=Path.cwd(), log_path=log_path, kind=node.job.kind, gpus=node.job.gpus,
+        cpus=res.cpus_per_task, mem=res.mem, time_limit=res.time_limit,
+        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **ctx.extra_env},
+    )
+    job_id = ctx.backend.submit(req)
+    atomic_write_text(job_dir / "job.json", json.dumps(
+        {"job_id": job_id, "backend": ctx.backend.name, "log": str(log_path), "submitted_at": time.time()}))
+    if ctx.on_job:
+        ctx.on_job(node_id, job_id, log_path)
+    delay = ctx.poll_s
+    while True:
+        status = ctx.backend.poll_many([job_id]).get(job_id)
+        if status is not None and status.state.terminal:
+            break
+        time.sleep(delay)
+        delay = min(delay * 1.5, 30.0)
+    if status.state is not JobState.COMPLETED or not (tmp / RESULT_FILE).is_file():
+        raise JobError(job_id, status, log_tail(log_path))
+    return job_id

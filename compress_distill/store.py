@@ -1,0 +1,224 @@
+"""The content-addressed artifact store: the only code that commits artifacts.
+
+Layout: `<root>/<stage>/<name>-<key>/` holds a step's outputs and its
+`manifest.json`. A step writes into `<root>/<stage>/.tmp/<name>-<key>.<uuid>/`;
+`commit` writes the manifest there last and renames the directory into
+place. A directory under its final name is therefore always complete, and
+the manifest inside it is the done marker. A crash leaves only `.tmp/`
+debris, which is never read and is swept when the step runs again.
+
+Two runs never execute the same step at once: `lease()` takes an exclusive
+lease file (O_EXCL) that its holder renews; a lease whose holder stopped
+renewing expires and can be broken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MANIFEST = "manifest.json"
+LEASE_TTL_S = 60.0
+
+
+class LeaseTimeout(TimeoutError):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    state: str  # "done" | "stale" | "run"
+    reason: str
+
+
+def write_parquet(table: pa.Table | list[dict[str, Any]], path: Path, schema: pa.Schema | None = None) -> int:
+    """Write a zstd Parquet file atomically (temp name + rename). Returns the row count."""
+    if not isinstance(table, pa.Table):
+        table = pa.Table.from_pylist(table, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    return table.num_rows
+
+
+def read_parquet(path: Path) -> pa.Table:
+    return pq.read_table(path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class ArtifactStore:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    # -- paths ---------------------------------------------------------------
+    def path(self, stage: str, name: str, key: str) -> Path:
+        return self.root / stage / f"{name}-{key}"
+
+    def rel(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
+    def is_done(self, stage: str, name: str, key: str) -> bool:
+        return (self.path(stage, name, key) / MANIFEST).is_file()
+
+    def manifest(self, stage: str, name: str, key: str) -> dict[str, Any] | None:
+        f = self.path(stage, name, key) / MANIFEST
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    def previous_manifests(self, stage: str, name: str) -> list[dict[str, Any]]:
+        """Committed manifests for this node name under any key, newest first."""
+        out = []
+        stage_dir = self.root / stage
+        if not stage_dir.is_dir():
+            return []
+        for d in stage_dir.glob(f"{name}-*"):
+            f = d / MANIFEST
+            # the name itself may contain '-': require the suffix to be exactly one key
+            if f.is_file() and d.name[len(name) + 1:].isalnum():
+                m = json.loads(f.read_text())
+                if m.get("name") == name:
+                    out.append(m)
+        return sorted(out, key=lambda m: m.get("finished_at", 0), reverse=True)
+
+    # -- writing ---------------------------------------------------------------
+    def begin(self, stage: str, name: str, key: str) -> Path:
+        tmp_root = self.root / stage / ".tmp"
+        for old in tmp_root.glob(f"{name}-{key}.*"):  # debris of a crashed attempt (we hold the lease)
+            shutil.rmtree(old, ignore_errors=True)
+        tmp = tmp_root / f"{name}-{key}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        return tmp
+
+    def commit(self, tmp: Path, stage: str, name: str, key: str, manifest: Mapping[str, Any],
+               replace: bool = False) -> Path:
+        """Write the manifest last, then rename `tmp` into place. `replace` is for forced re-runs."""
+        final = self.path(stage, name, key)
+        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
+        if final.exists() and (replace or not (final / MANIFEST).is_file()):
+            # A forced re-run, or an incomplete dir under the final name (never ours to trust):
+            # move it aside first so the final name is only ever bound to a complete artifact.
+            trash = self.root / stage / ".tmp" / f"{name}-{key}.replaced-{uuid.uuid4().hex[:8]}"
+            os.rename(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / MANIFEST).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another run committed the same key: theirs stands
+        return final
+
+    # -- leases ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def lease(self, stage: str, name: str, key: str, timeout_s: float = 24 * 3600,
+              ttl_s: float = LEASE_TTL_S, poll_s: float = 0.5) -> Iterator[None]:
+        lock_dir = self.root / stage / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        path = lock_dir / f"{name}-{key}.lease"
+        token = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._try_take(path, token, ttl_s):
+                break
+            if time.monotonic() > deadline:
+                holder = _read_json(path) or {}
+                raise LeaseTimeout(f"{stage}/{name}: lease held by {holder.get('owner', '?')} "
+                                   f"for longer than {timeout_s:.0f}s")
+            time.sleep(poll_s)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(ttl_s / 3):
+                cur = _read_json(path)
+                if cur is None or cur.get("token") != token:
+                    return
+                cur["expires"] = time.time() + ttl_s
+                atomic_write_text(path, json.dumps(cur))
+
+        t = threading.Thread(target=renew, daemon=True, name=f"lease-{name}")
+        t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            t.join(timeout=5)
+            cur = _read_json(path)
+            if cur is not None and cur.get("token") == token:
+                path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _try_take(path: Path, token: str, ttl_s: float) -> bool:
+        body = json.dumps({"token": token, "owner": f"{socket.gethostname()}:{os.getpid()}",
+                           "expires": time.time() + ttl_s})
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            cur = _read_json(path)
+            if cur is not None and cur.get("expires", 0) > time.time():
+                return False
+            # Expired (holder died) or unreadable half-written file: break it, then race again.
+            with contextlib.suppress(FileNotFoundError):
+                stale = path.with_name(f"{path.name}.{token}.stale")
+                os.rename(path, stale)
+                stale.unlink()
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+        return True
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out or {prefix: {}}
+    return {prefix: value}
+
+
+def diff_identity(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Human-readable differences between two node identities (see Plan.identity)."""
+    a, b = flatten(old), flatten(new)
+    lines = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            if k.startswith("upstream."):
+                lines.append(f"upstream {k[len('upstream.'):]} changed ({a.get(k, 'none')} -> {b.get(k, 'none')})")
+            else:
+                lines.append(f"{k}: {json.dumps(a.get(k, '<absent>'))} -> {json.dumps(b.get(k, '<absent>'))}")
+    return lines

@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers that look up the store, run or submit, and return a reference."""

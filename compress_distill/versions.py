@@ -1,0 +1,17 @@
+"""Code version of each stage. Bump one when its outputs would change for the same inputs.
+
+It is part of every node key of that stage (and so of everything downstream),
+the marin way: explicit, reviewable, and blind to comment-only edits.
+"""
+
+CODE_VERSIONS: dict[str, str] = {
+    "prepare": "1",
+    "generate": "1",
+    "verify": "1",
+    "compress": "1",
+    "judge": "1",
+    "derive": "1",
+    "train": "1",
+    "evaluate": "1",
+    "report": "1",
+}

@@ -1,0 +1,136 @@
+"""Config loading: every shipped YAML loads; bad input gets a clear error naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compress_distill.config import ConfigError, load_config
+
+from .conftest import CONFIGS
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.grid
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#"), "each config opens with a comment saying how it is used"
+
+
+def _write(tmp_path: Path, data: object, name: str = "study.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.fixture
+def paper() -> dict:
+    return yaml.safe_load((CONFIGS / "paper.yaml").read_text())
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nteachers: [unclosed\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "malformed YAML" in msg and "line" in msg
+
+
+def test_missing_file_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(_write(tmp_path, [1, 2]))
+
+
+def test_unknown_key_is_an_error_with_its_path(tmp_path: Path, paper: dict) -> None:
+    paper["methods"]["lora"]["lora"]["rnak"] = 64
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, paper))
+    msg = str(e.value)
+    assert "methods.lora.lora.rnak" in msg and "unknown key" in msg and "study.yaml" in msg
+
+
+def test_unknown_top_level_key(tmp_path: Path, paper: dict) -> None:
+    paper["studnets"] = {}
+    with pytest.raises(ConfigError, match=r"studnets: unknown key"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_wrong_type_names_field(tmp_path: Path, paper: dict) -> None:
+    paper["training"]["sequence_len"] = "long"
+    with pytest.raises(ConfigError, match=r"training\.sequence_len"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_bad_literal_lists_allowed_values(tmp_path: Path, paper: dict) -> None:
+    paper["methods"]["lora"]["kind"] = "qlora"
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, paper))
+    msg = str(e.value)
+    assert "methods.lora.kind" in msg and "'lora'" in msg and "'full'" in msg and "qlora" in msg
+
+
+def test_impossible_gpu_count(tmp_path: Path, paper: dict) -> None:
+    paper["students"]["qwen3.5-9b"]["gpus"] = 16
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, paper))
+    msg = str(e.value)
+    assert "students.qwen3.5-9b.gpus = 16" in msg and "gpus_per_node is 8" in msg
+
+
+def test_impossible_serving_layout(tmp_path: Path, paper: dict) -> None:
+    paper["compressors"]["llama70b"]["serve"]["data_parallel"] = 4  # 4 x 4 = 16 > 8
+    with pytest.raises(ConfigError, match="16 GPUs"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_unknown_grid_reference_lists_allowed(tmp_path: Path, paper: dict) -> None:
+    paper["grid"][0]["students"].append("qwen-7b")
+    with pytest.raises(ConfigError) as e:
+        load_config(_write(tmp_path, paper))
+    msg = str(e.value)
+    assert "grid[0] (qwen-main).students" in msg and "'qwen-7b'" in msg and "qwen3.5-9b" in msg
+
+
+def test_data_source_needs_compressor(tmp_path: Path, paper: dict) -> None:
+    paper["data_sources"]["llama70b"].pop("compressor")
+    with pytest.raises(ConfigError, match="needs 'compressor'"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_prefix_fraction_bounds(tmp_path: Path, paper: dict) -> None:
+    paper["data_sources"]["prefix50"]["fraction"] = 1.5
+    with pytest.raises(ConfigError, match=r"data_sources\.prefix50\.fraction"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_compress_prompt_needs_slots(tmp_path: Path, paper: dict) -> None:
+    paper["compressors"]["llama70b"]["prompt"] = "shorten this"
+    with pytest.raises(ConfigError, match=r"\{question\}"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_bad_time_limit(tmp_path: Path, paper: dict) -> None:
+    paper["cluster"]["jobs"]["train"]["time_limit"] = "12 hours"
+    with pytest.raises(ConfigError, match="time_limit"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_names_must_be_path_safe(tmp_path: Path, paper: dict) -> None:
+    paper["students"]["../evil"] = paper["students"]["qwen3.5-9b"]
+    with pytest.raises(ConfigError, match="must match"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_lora_block_required_for_lora(tmp_path: Path, paper: dict) -> None:
+    paper["methods"]["lora"].pop("lora")
+    with pytest.raises(ConfigError, match="needs a 'lora' block"):
+        load_config(_write(tmp_path, paper))
