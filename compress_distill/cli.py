@@ -144,6 +144,31 @@ def explain(config: ConfigArg, node: Annotated[str, typer.Argument(help="node id
         console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command()
+def verify(
+    path: Annotated[Path, typer.Argument(help="JSONL of {response, answer, answer_type[, choices]}; - for stdin")],
+    workers: Annotated[int, typer.Option(help="processes for LaTeX verification")] = 1,
+    expect_think: Annotated[bool, typer.Option(help="a response without <think> counts as truncated")] = False,
+) -> None:
+    """Audit answer extraction: each record comes back on stdout with `extracted` and `correct` added."""
+    from .verify_cli import verify_jsonl
+
+    if str(path) == "-":
+        counts = verify_jsonl(sys.stdin.buffer, sys.stdout, workers=workers, expect_think=expect_think)
+    else:
+        try:
+            stream = path.open("rb")  # bytes: a bad UTF-8 line is reported by number, not fatal
+        except OSError as err:
+            err_console.print(f"[red]error:[/red] {path}: {err.strerror}", highlight=False)
+            raise typer.Exit(2) from None
+        with stream:
+            counts = verify_jsonl(stream, sys.stdout, workers=workers, expect_think=expect_think)
+    err_console.print(f"{counts['records']} records, {counts['correct']} correct, "
+                      f"{counts['errors']} malformed line(s)", highlight=False)
+    if counts["errors"]:
+        raise typer.Exit(1)
+
+
 def _prefect_defaults() -> None:
     # Ephemeral mode starts a throwaway API server per process; give it time on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")

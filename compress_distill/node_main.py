@@ -11,13 +11,33 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from .config import parse_config
 from .plan import build_plan
 from .runner import execute_stage
 from .store import ArtifactStore
+
+
+def _exit_with_parent(pid: int, every_s: float = 2.0) -> None:
+    """Local jobs run in their own session, so a SIGKILLed orchestrator would leave them orphaned."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                logging.getLogger(__name__).error("orchestrator %d is gone; stopping this job", pid)
+                os._exit(3)
+            except PermissionError:
+                pass  # alive, owned by someone else
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parent = os.environ.get("COMPRESS_DISTILL_PARENT_PID")
+    if parent and parent.isdigit():
+        _exit_with_parent(int(parent))
     plan = build_plan(parse_config(json.loads(args.config.read_text()), args.config))
     if args.node not in plan.nodes:
         print(f"node {args.node!r} is not in the plan of {args.config}", file=sys.stderr)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import JobBackend, JobError, JobRequest, JobState, log_tail
+from .backends.watch import JobWatcher
 from .plan import Plan
 from .stages import StageContext, StageResult, stage_function
 from .store import LEASE_TTL_S, ArtifactStore, atomic_write_text, git_revision
@@ -47,9 +48,15 @@ class RunContext:
     backend: JobBackend | None = None
     force: frozenset[str] = frozenset()
     dry_run: bool = False
-    poll_s: float = 1.0
+    poll_s: float = 0.5
     on_job: Callable[[str, str, Path], None] | None = None  # (node_id, job_id, log) for UIs
     extra_env: dict[str, str] = field(default_factory=dict)
+    # One watcher per run: a single batched status query per cycle for all live jobs of all threads.
+    watcher: JobWatcher | None = None
+
+    def __post_init__(self) -> None:
+        if self.backend is not None and self.watcher is None:
+            self.watcher = JobWatcher(self.backend, initial_interval=self.poll_s)
 
 
 def lease_ttl() -> float:
@@ -126,25 +133,20 @@ def _run_as_job(ctx: RunContext, node_id: str, tmp: Path) -> str:
     log_path = job_dir / f"attempt-{int(time.time())}.log"
     threads = str(res.cpus_per_task)
     req = JobRequest(
-        name=f"cd-{node.stage}-{node.name}-{key}"[:120],
+        name=f"cd-{node.stage}-{node.name}-{key}",
         command=[sys.executable, "-m", "compress_distill.node_main", "--config", str(ctx.config_path),
                  "--store", str(store.root), "--node", node_id, "--out", str(tmp)],
         workdir=Path.cwd(), log_path=log_path, kind=node.job.kind, gpus=node.job.gpus,
         cpus=res.cpus_per_task, mem=res.mem, time_limit=res.time_limit,
         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **ctx.extra_env},
     )
-    job_id = ctx.backend.submit(req)
+    assert ctx.watcher is not None
+    job_id = ctx.watcher.submit(req)
     atomic_write_text(job_dir / "job.json", json.dumps(
         {"job_id": job_id, "backend": ctx.backend.name, "log": str(log_path), "submitted_at": time.time()}))
     if ctx.on_job:
         ctx.on_job(node_id, job_id, log_path)
-    delay = ctx.poll_s
-    while True:
-        status = ctx.backend.poll_many([job_id]).get(job_id)
-        if status is not None and status.state.terminal:
-            break
-        time.sleep(delay)
-        delay = min(delay * 1.5, 30.0)
+    status = ctx.watcher.wait([job_id])[job_id]  # raises JobError (with the log tail) on failure
     if status.state is not JobState.COMPLETED or not (tmp / RESULT_FILE).is_file():
         raise JobError(job_id, status, log_tail(log_path))
     return job_id

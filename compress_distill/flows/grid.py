@@ -53,14 +53,12 @@ def load_params_config(params: GridParams) -> StudyConfig:
 
 def make_backend(cfg: StudyConfig) -> JobBackend | None:
     if cfg.cluster.backend == "local":
-        try:
-            from ..backends.local import LocalBackend
-        except ImportError:  # pragma: no cover - the local backend is part of the package
-            return None
+        from ..backends.local import LocalBackend
+
         return LocalBackend(max_workers=cfg.cluster.local_workers)
     from ..backends.slurm import SlurmBackend
 
-    return SlurmBackend.from_profile(cfg.cluster)  # type: ignore[attr-defined,no-any-return]
+    return SlurmBackend.from_profile(cfg.cluster)
 
 
 @flow(name="grid", task_runner=ThreadPoolTaskRunner(max_workers=64),  # type: ignore[arg-type]

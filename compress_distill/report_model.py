@@ -1,0 +1,321 @@
+"""What the report is made of: `ReportInputs` (the contract with the pipeline), its normalised
+view `ReportData`, and the formatting helpers shared by tables, findings and figures.
+
+Every input part is a pyarrow Table or a list of dicts; only `cells` is required. A part
+that is missing (None/empty) makes its table say "not available" instead of failing.
+
+Expected columns (optional ones in brackets):
+
+- cells: cell, teacher, student, method, data, [data_kind], [compressor], [method_kind], [gpus],
+  [block], [teacher_label], [student_label], [method_label], [data_label].
+  `cell` is `Cell.name` ("teacher.student.method.data"). data_kind is the config's kind
+  (raw | compressed | answer_only | truncated_to_match | prefix_fraction), inferred from the
+  data name when absent. compressor: the config compressor of a compressed or
+  truncated_to_match source (truncation is compared with the compressor it matches).
+  method_kind: lora | full, inferred from the method name when absent.
+- eval_metrics: cell + `metrics.EvalMetrics.to_row()` columns (n, correct, accuracy,
+  accuracy_se, avg_completion_tokens, avg_completion_tokens_excl_truncated, truncation_rate,
+  median_reasoning_chars, median_reasoning_tokens, acc_per_1k_tokens, acc:<group>,
+  se:<group>, n:<group>).
+- eval_records: cell, id, dataset, group, correct, truncated, completion_tokens,
+  reasoning_chars, [reasoning_tokens]. Used for cells that have no eval_metrics row.
+- training: cell, steps, train_seconds, trainable_tokens, [gpus], [final_loss].
+- loss_curves: cell, step, loss, [split] (rows with split other than "train" are ignored).
+- generation_yield: the rows of `generation.yield_table.yield_table` (generator, domain, dataset,
+  total, correct, correct_per_round: list[int], cumulative_yield: list[float], yield,
+  avg_reasoning_chars, avg_total_tokens); a "Total" dataset row is kept as the total.
+- compression: one row per compressed trace: teacher, compressor, dataset, raw_chars,
+  compressed_chars, [domain], [compressed_tokens], [usable] (COMPRESSED_SCHEMA rows of
+  `compression.assemble` fit as they are; usable == False rows are left out).
+- judge: one row per judged trace (`judge.verdict_row` rows fit): compressor, dataset, [teacher],
+  [domain], faithfulness (1-5, None on a parse failure), verdict (faithful | partially_faithful |
+  unfaithful), answer_alignment (bool).
+- jobs: measured accounting, one row per job attempt (`accounting.JobUsage` plus the plan's
+  stage and cell): stage, name, elapsed_s, gpus, [cell] (train jobs), [cpus], [job_id],
+  [source] ("sacct" | "local").
+  GPU-hours = elapsed_s / 3600 x gpus.
+
+Scalars: groups (the config's evaluation group order), labels (config name -> display label
+for teachers, compressors, students, methods, data sources), title, run_info (shown as a
+key/value list), and the energy model of paper H.5: tdp_watts=700, pue=1.15,
+grid_g_co2_per_kwh=79 (configurable).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .metrics import (
+    CompressionStats,
+    EvalMetrics,
+    RawComparison,
+    compression_stats,
+    eval_metrics,
+    ratios_vs_raw,
+)
+
+Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts or a pyarrow.Table
+NA = "—"
+NOT_AVAILABLE = "not available"
+DATA_KIND_RANK = {"raw": 0, "compressed": 1, "truncated_to_match": 2, "prefix_fraction": 3, "answer_only": 4}
+STATUS_OK, STATUS_NO, STATUS_NA = "REPRODUCED", "NOT REPRODUCED", "NOT TESTABLE"
+
+
+@dataclass
+class ReportInputs:
+    cells: Rows
+    eval_metrics: Rows = None
+    eval_records: Rows = None
+    training: Rows = None
+    loss_curves: Rows = None
+    generation_yield: Rows = None
+    compression: Rows = None
+    judge: Rows = None
+    jobs: Rows = None
+    groups: Sequence[str] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    title: str = "Compress-Distill reproduction report"
+    run_info: Mapping[str, Any] = field(default_factory=dict)
+    tdp_watts: float = 700.0
+    pue: float = 1.15
+    grid_g_co2_per_kwh: float = 79.0
+
+
+def rows_of(part: Rows) -> list[dict[str, Any]]:
+    """A part as a list of dicts (pyarrow Tables and pandas frames converted; None -> [])."""
+    if part is None:
+        return []
+    if hasattr(part, "to_pylist"):
+        return list(part.to_pylist())
+    if hasattr(part, "to_dict") and hasattr(part, "columns"):  # pandas DataFrame
+        return list(part.to_dict("records"))
+    return [dict(r) for r in part]
+
+
+def num(x: Any) -> float | None:
+    """A finite float or None (NaN from pandas/Parquet counts as missing)."""
+    if x is None or isinstance(x, str):
+        return None
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+@dataclass(frozen=True)
+class CellInfo:
+    cell: str
+    teacher: str
+    student: str
+    method: str
+    data: str
+    data_kind: str
+    compressor: str | None
+    method_kind: str
+    gpus: int | None
+    block: str | None
+
+    @property
+    def config(self) -> tuple[str, str, str]:
+        return (self.teacher, self.student, self.method)
+
+
+def _infer_kind(data: str) -> str:
+    d = data.lower()
+    if d == "raw":
+        return "raw"
+    if "answer" in d:
+        return "answer_only"
+    if d.startswith("trunc"):
+        return "truncated_to_match"
+    return "compressed"
+
+
+@dataclass
+class ReportData:
+    """ReportInputs normalised: ordered cells, metrics per cell, lookups. Built by `build_data`."""
+
+    inputs: ReportInputs
+    cells: list[CellInfo]
+    labels: dict[str, str]
+    metrics: dict[str, EvalMetrics]
+    training: dict[str, dict[str, Any]]
+    comparisons: dict[str, RawComparison]
+    loss: dict[str, list[tuple[float, float]]]
+    groups: list[str]
+    data_order: list[str]
+    configs: list[tuple[str, str, str]]
+    yield_rows: list[dict[str, Any]]
+    compression_rows: list[dict[str, Any]]
+    compression: list[CompressionStats]
+    judge_rows: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+
+    def label(self, name: str | None) -> str:
+        return NA if name is None else self.labels.get(name, name)
+
+    def cell_at(self, teacher: str, student: str, method: str, data: str) -> CellInfo | None:
+        return next((c for c in self.cells if c.config == (teacher, student, method) and c.data == data), None)
+
+    def in_config(self, config: tuple[str, str, str]) -> list[CellInfo]:
+        return [c for c in self.cells if c.config == config]
+
+    def acc(self, c: CellInfo | None) -> float | None:
+        m = self.metrics.get(c.cell) if c else None
+        return m.accuracy if m else None
+
+    def kind_of(self, data: str) -> str:
+        return next((c.data_kind for c in self.cells if c.data == data), _infer_kind(data))
+
+
+def _order(values: list[str]) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def build_data(inputs: ReportInputs) -> ReportData:
+    labels: dict[str, str] = dict(inputs.labels)
+    cells: list[CellInfo] = []
+    for r in rows_of(inputs.cells):
+        data = str(r["data"])
+        method = str(r["method"])
+        for axis in ("teacher", "student", "method", "data"):
+            if r.get(f"{axis}_label"):
+                labels.setdefault(str(r[axis]), str(r[f"{axis}_label"]))
+        gpus = num(r.get("gpus"))
+        cells.append(CellInfo(
+            cell=str(r.get("cell") or f"{r['teacher']}.{r['student']}.{method}.{data}"),
+            teacher=str(r["teacher"]), student=str(r["student"]), method=method, data=data,
+            data_kind=str(r.get("data_kind") or _infer_kind(data)),
+            compressor=str(r["compressor"]) if r.get("compressor") else None,
+            method_kind=str(r.get("method_kind") or ("lora" if "lora" in method.lower() else "full")),
+            gpus=None if gpus is None else int(gpus), block=str(r["block"]) if r.get("block") else None,
+        ))
+    teachers = _order([c.teacher for c in cells])
+    students = _order([c.student for c in cells])
+    # Paper order: LoRA before Full within a student; data by kind (raw, compressed, truncated, answer-only).
+    methods = sorted(_order([c.method for c in cells]),
+                     key=lambda m: 0 if next(c for c in cells if c.method == m).method_kind == "lora" else 1)
+    first = {d: i for i, d in enumerate(_order([c.data for c in cells]))}
+    data_order = sorted(first, key=lambda d: (DATA_KIND_RANK.get(next(c.data_kind for c in cells if c.data == d), 9),
+                                              first[d]))
+    cells.sort(key=lambda c: (teachers.index(c.teacher), students.index(c.student), methods.index(c.method),
+                              data_order.index(c.data)))
+    configs = list(dict.fromkeys(c.config for c in cells))
+
+    metrics: dict[str, EvalMetrics] = {}
+    for r in rows_of(inputs.eval_metrics):
+        metrics[str(r["cell"])] = EvalMetrics.from_row(r)
+    by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows_of(inputs.eval_records):
+        by_cell[str(r["cell"])].append(r)
+    groups = list(dict.fromkeys(inputs.groups))
+    for cell, recs in by_cell.items():
+        if cell not in metrics:
+            metrics[cell] = eval_metrics(recs, groups)
+    for m in metrics.values():
+        groups.extend(g.group for g in m.groups if g.group not in groups)
+
+    training = {str(r["cell"]): r for r in rows_of(inputs.training)}
+    cell_by_name = {c.cell: c for c in cells}
+    kinds = {c.cell: c.data_kind for c in cells}
+    cost_rows = [{"teacher": c.teacher, "student": c.student, "method": c.method, "data": c.data,
+                  "data_kind": kinds[c.cell], "train_seconds": training.get(c.cell, {}).get("train_seconds"),
+                  "trainable_tokens": training.get(c.cell, {}).get("trainable_tokens")} for c in cells]
+    comparisons = {c.cell: cmp for c, cmp in zip(cells, ratios_vs_raw(cost_rows), strict=True)}
+
+    loss: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in rows_of(inputs.loss_curves):
+        step, value = num(r.get("step")), num(r.get("loss"))
+        if str(r.get("split") or "train") == "train" and step is not None and value is not None \
+                and str(r["cell"]) in cell_by_name:
+            loss[str(r["cell"])].append((step, value))
+    for pts in loss.values():
+        pts.sort()
+
+    compression_rows = rows_of(inputs.compression)
+    return ReportData(
+        inputs=inputs, cells=cells, labels=labels, metrics=metrics, training=training,
+        comparisons=comparisons, loss=dict(loss), groups=groups, data_order=data_order, configs=configs,
+        yield_rows=rows_of(inputs.generation_yield), compression_rows=compression_rows,
+        compression=compression_stats(compression_rows), judge_rows=rows_of(inputs.judge),
+        jobs=rows_of(inputs.jobs),
+    )
+
+
+# ---------------------------------------------------------------- formatting (never "nan")
+
+def f_num(x: Any, digits: int = 3) -> str:
+    v = num(x)
+    return NA if v is None else f"{v:.{digits}f}"
+
+
+def f_int(x: Any) -> str:
+    v = num(x)
+    return NA if v is None else f"{v:,.0f}"
+
+
+def f_auto(x: Any) -> str:
+    """Magnitude-aware: 1,234 / 12.3 / 1.25 / 0.0417 (mini-world hours are tiny, paper hours are not)."""
+    v = num(x)
+    if v is None:
+        return NA
+    if v == int(v) or abs(v) >= 100:
+        return f"{v:,.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def f_pct(x: Any, digits: int = 1) -> str:
+    v = num(x)
+    return NA if v is None else f"{100 * v:.{digits}f}%"
+
+
+def f_acc_se(acc: Any, se: Any) -> str:
+    if num(acc) is None:
+        return NA
+    return f"{f_num(acc)} ± {f_num(se)}" if num(se) is not None else f_num(acc)
+
+
+def f_tokens(x: Any) -> str:
+    v = num(x)
+    if v is None:
+        return NA
+    if v >= 1e6:
+        return f"{v / 1e6:,.1f}M"
+    if v >= 1e4:
+        return f"{v / 1e3:,.0f}k"
+    return f"{v:,.0f}"
+
+
+@dataclass
+class TableBlock:
+    """A rendered-agnostic table: already formatted strings, plus notes or the reason it is missing."""
+
+    key: str
+    title: str
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    missing: str | None = None  # set -> the table is "not available" for this reason
+
+
+def unavailable(key: str, title: str, why: str) -> TableBlock:
+    return TableBlock(key, title, missing=f"{NOT_AVAILABLE}: {why}")
+
+
+@dataclass
+class Finding:
+    key: str
+    title: str
+    paper: str  # the paper's directional claim
+    rule: str  # how REPRODUCED is decided from the data
+    status: str  # STATUS_OK | STATUS_NO | STATUS_NA
+    evidence: list[str] = field(default_factory=list)

@@ -1,0 +1,350 @@
+"""The paper's tables (2-11) as `TableBlock`s, filled from measured data in a `ReportData`.
+
+Each builder returns an "not available" block when its input part is missing rather than
+raising, so a partial run still gets a report.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from statistics import fmean
+from typing import Any
+
+from .metrics import OVERALL
+from .report_model import (
+    NA,
+    CellInfo,
+    ReportData,
+    TableBlock,
+    f_acc_se,
+    f_auto,
+    f_int,
+    f_num,
+    f_pct,
+    f_tokens,
+    num,
+    unavailable,
+)
+
+
+def _cfg_cols(d: ReportData, cfg: tuple[str, str, str]) -> list[str]:
+    return [d.label(cfg[0]), d.label(cfg[1]), d.label(cfg[2])]
+
+
+def _by_student_data_method(d: ReportData) -> list[CellInfo]:
+    """Paper order of Tables 7 and 9: teacher, student, data source, then method."""
+    teachers = list(dict.fromkeys(c.teacher for c in d.cells))
+    students = list(dict.fromkeys(c.student for c in d.cells))
+    return sorted(d.cells, key=lambda c: (teachers.index(c.teacher), students.index(c.student),
+                                          d.data_order.index(c.data), d.cells.index(c)))
+
+
+def table3(d: ReportData) -> TableBlock:
+    title = "Table 3. Overall accuracy (± binomial SE) by teacher, student, method and data source"
+    if not d.metrics:
+        return unavailable("table3", title, "no evaluation metrics")
+    t = TableBlock("table3", title, ["Teacher", "Student", "Method", *(d.label(x) for x in d.data_order)])
+    for cfg in d.configs:
+        row = _cfg_cols(d, cfg)
+        for data in d.data_order:
+            c = d.cell_at(*cfg, data)
+            m = d.metrics.get(c.cell) if c else None
+            row.append(f_acc_se(m.accuracy, m.accuracy_se) if m else NA)
+        t.rows.append(row)
+    t.notes.append(f"{NA}: cell not in the grid or not evaluated. Overall accuracy is over all records.")
+    return t
+
+
+def table4(d: ReportData) -> TableBlock:
+    title = "Table 4. Trace generation: rejection-sampling yield per dataset and round"
+    if not d.yield_rows:
+        return unavailable("table4", title, "no generation yield rows")
+    t = TableBlock("table4", title, ["Generator", "Domain", "Dataset", "Questions", "Correct per round",
+                                     "Cumulative yield per round", "Correct", "Yield", "Avg. reason (chars)",
+                                     "Avg. total (tok)"])
+    for r in d.yield_rows:
+        per_round = " / ".join(f_int(x) for x in (r.get("correct_per_round") or [])) or NA
+        cum = " / ".join(f_num(x) for x in (r.get("cumulative_yield") or [])) or NA
+        t.rows.append([d.label(str(r.get("generator") or NA)), str(r.get("domain") or NA),
+                       str(r.get("dataset") or NA), f_int(r.get("total")), per_round, cum, f_int(r.get("correct")),
+                       f_pct(r.get("yield")), f_auto(r.get("avg_reasoning_chars")),
+                       f_auto(r.get("avg_total_tokens"))])
+    return t
+
+
+def table2(d: ReportData) -> TableBlock:
+    title = "Table 2. Compression summary per (teacher, compressor)"
+    rows = [s for s in d.compression if s.dataset == OVERALL]
+    if not rows:
+        return unavailable("table2", title, "no compression rows")
+    t = TableBlock("table2", title, ["Teacher", "Compressor", "Traces", "Mean compressed length (chars)",
+                                     "Mean ρ", "Median ρ"])
+    for s in rows:
+        t.rows.append([d.label(s.teacher), d.label(s.compressor), f_int(s.n), f_auto(s.mean_compressed_chars),
+                       f_num(s.mean_rho), f_num(s.median_rho)])
+    t.notes.append("ρ = compressed chars / raw chars per trace; the mean is over traces, as in the paper.")
+    return t
+
+
+def table5(d: ReportData) -> TableBlock:
+    title = "Table 5. Compression per dataset"
+    if not d.compression:
+        return unavailable("table5", title, "no compression rows")
+    t = TableBlock("table5", title, ["Teacher", "Compressor", "Domain", "Dataset", "Traces", "Avg. raw (chars)",
+                                     "Avg. comp. (chars)", "Comp. tok", "Mean ρ"])
+    for s in d.compression:
+        t.rows.append([d.label(s.teacher), d.label(s.compressor), s.domain or NA, s.dataset, f_int(s.n),
+                       f_auto(s.mean_raw_chars), f_auto(s.mean_compressed_chars),
+                       f_auto(s.mean_compressed_tokens), f_num(s.mean_rho)])
+    return t
+
+
+def _time_unit(d: ReportData) -> tuple[str, float]:
+    secs = [num(r.get("train_seconds")) for r in d.training.values()]
+    top = max((s for s in secs if s is not None), default=0.0)
+    if top < 600:
+        return "s", 1.0
+    if top < 3 * 3600:
+        return "min", 60.0
+    return "h", 3600.0
+
+
+def table6(d: ReportData) -> TableBlock:
+    title = "Table 6. Training wall-clock and trainable tokens (speed-up / token ratio vs the raw cell)"
+    if not d.training:
+        return unavailable("table6", title, "no training results")
+    unit, div = _time_unit(d)
+    cols = ["Teacher", "Student", "Method"]
+    cols += [f"{d.label(x)} time ({unit})" for x in d.data_order]
+    cols += [f"{d.label(x)} tokens" for x in d.data_order]
+    t = TableBlock("table6", title, cols)
+    for cfg in d.configs:
+        times, toks = [], []
+        for data in d.data_order:
+            c = d.cell_at(*cfg, data)
+            tr = d.training.get(c.cell) if c else None
+            if c is None or tr is None:
+                times.append(NA)
+                toks.append(NA)
+                continue
+            cmp = d.comparisons[c.cell]
+            secs = num(tr.get("train_seconds"))
+            time_s = f_auto(None if secs is None else secs / div)
+            tok_s = f_tokens(tr.get("trainable_tokens"))
+            if c.data_kind != "raw":
+                time_s += f" ({f_num(cmp.speedup, 1)}×)" if cmp.speedup is not None else ""
+                tok_s += f" ({f_num(cmp.token_ratio, 2)})" if cmp.token_ratio is not None else ""
+            times.append(time_s)
+            toks.append(tok_s)
+        t.rows.append(_cfg_cols(d, cfg) + times + toks)
+    t.notes.append("Parentheses: speed-up = raw time / cell time; token ratio = cell tokens / raw tokens, "
+                   "against the raw cell of the same teacher, student and method.")
+    return t
+
+
+def table6b(d: ReportData) -> TableBlock:
+    title = "Table 6b. Training per cell (steps, final loss, ratios vs raw)"
+    if not d.training:
+        return unavailable("table6b", title, "no training results")
+    t = TableBlock("table6b", title, ["Cell", "Steps", "Time (s)", "Trainable tokens", "Token ratio",
+                                      "Speed-up", "Final loss"])
+    for c in d.cells:
+        tr = d.training.get(c.cell)
+        if tr is None:
+            t.rows.append([c.cell, NA, NA, NA, NA, NA, NA])
+            continue
+        cmp = d.comparisons[c.cell]
+        t.rows.append([c.cell, f_int(tr.get("steps")), f_auto(tr.get("train_seconds")),
+                       f_int(tr.get("trainable_tokens")), f_num(cmp.token_ratio, 3),
+                       f_num(cmp.speedup, 2) + ("×" if cmp.speedup is not None else ""),
+                       f_num(tr.get("final_loss"), 4)])
+    return t
+
+
+def table7(d: ReportData) -> TableBlock:
+    title = "Table 7. Accuracy per evaluation group (± binomial SE) and overall"
+    if not d.metrics:
+        return unavailable("table7", title, "no evaluation metrics")
+    t = TableBlock("table7", title, ["Teacher", "Student", "Data", "Method", *d.groups, "Overall", "N"])
+    for c in _by_student_data_method(d):
+        m = d.metrics.get(c.cell)
+        row = [d.label(c.teacher), d.label(c.student), d.label(c.data), d.label(c.method)]
+        if m is None:
+            t.rows.append(row + [NA] * (len(d.groups) + 2))
+            continue
+        for g in d.groups:
+            ga = m.group(g)
+            row.append(f_acc_se(ga.accuracy, ga.se) if ga and ga.n else NA)
+        t.rows.append(row + [f_acc_se(m.accuracy, m.accuracy_se), f_int(m.n)])
+    t.notes.append(f"{NA} in a group column: no records in that group (empty group), not zero accuracy.")
+    return t
+
+
+def table8(d: ReportData) -> TableBlock:
+    title = "Table 8. Length-matched truncation ablation against the model-compressed sources"
+    trunc = [c for c in d.cells if c.data_kind == "truncated_to_match"]
+    if not trunc or not d.metrics:
+        return unavailable("table8", title, "no truncated cells evaluated")
+    comp = [x for x in d.data_order if d.kind_of(x) == "compressed"]
+    t = TableBlock("table8", title, ["Teacher", "Student", "Method", "Trunc.", *(d.label(x) for x in comp),
+                                     "Matched compressor", "Δ matched − trunc. (SE)",
+                                     "Median reasoning: trunc. / matched"])
+    for c in trunc:
+        mt = d.metrics.get(c.cell)
+        row = _cfg_cols(d, c.config) + [f_acc_se(mt.accuracy, mt.accuracy_se) if mt else NA]
+        matched = None
+        for x in comp:
+            cc = d.cell_at(*c.config, x)
+            m = d.metrics.get(cc.cell) if cc else None
+            row.append(f_acc_se(m.accuracy, m.accuracy_se) if m else NA)
+            if cc is not None and cc.compressor == c.compressor:
+                matched = cc
+        mm = d.metrics.get(matched.cell) if matched else None
+        row.append(d.label(matched.data) if matched else NA)
+        if mt and mm and mt.accuracy is not None and mm.accuracy is not None:
+            se = ((mt.accuracy_se or 0) ** 2 + (mm.accuracy_se or 0) ** 2) ** 0.5
+            delta = mm.accuracy - mt.accuracy
+            row.append(f"{delta:+.3f}" + (f" ({delta / se:+.1f} SE)" if se > 0 else ""))
+            row.append(f"{_median_reasoning(mt)} / {_median_reasoning(mm)}")
+        else:
+            row += [NA, NA]
+        t.rows.append(row)
+    t.notes.append("Truncated: raw traces cut to the per-example token length of the matched compressor's "
+                   "traces. Median reasoning in tokens when measured, else characters.")
+    return t
+
+
+def _median_reasoning(m: Any) -> str:
+    if m.median_reasoning_tokens is not None:
+        return f"{f_auto(m.median_reasoning_tokens)} tok"
+    return f"{f_auto(m.median_reasoning_chars)} chars"
+
+
+def table9(d: ReportData) -> TableBlock:
+    title = "Table 9. Inference-time efficiency"
+    if not d.metrics:
+        return unavailable("table9", title, "no evaluation metrics")
+    t = TableBlock("table9", title, ["Teacher", "Student", "Data", "Method", "Avg. compl. tokens (all)",
+                                     "Avg. compl. tokens (excl. trunc.)", "Trunc. rate",
+                                     "Med. reason chars", "Med. reason tokens", "Acc / 1k tokens"])
+    for c in _by_student_data_method(d):
+        m = d.metrics.get(c.cell)
+        row = [d.label(c.teacher), d.label(c.student), d.label(c.data), d.label(c.method)]
+        if m is None:
+            t.rows.append(row + [NA] * 6)
+            continue
+        t.rows.append(row + [f_auto(m.avg_completion_tokens), f_auto(m.avg_completion_tokens_excl_truncated),
+                             f_num(m.truncation_rate), f_auto(m.median_reasoning_chars),
+                             f_auto(m.median_reasoning_tokens), f_num(m.acc_per_1k_tokens, 4)])
+    t.notes.append("Acc / 1k tokens = overall accuracy / (avg. completion tokens (all) / 1000). "
+                   f"{NA}: undefined (no records, no non-truncated record, or zero tokens).")
+    return t
+
+
+def table10(d: ReportData) -> TableBlock:
+    title = "Table 10. Judge: faithfulness of compressed traces"
+    if not d.judge_rows:
+        return unavailable("table10", title, "the judge stage was not run")
+    t = TableBlock("table10", title, ["Compressor", "Domain", "Dataset", "N", "Mean faithfulness",
+                                      "% faithful", "% answer-aligned", "Parse failures"])
+    by: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in d.judge_rows:
+        by[str(r["compressor"])][str(r["dataset"])].append(r)
+    for comp in by:  # first-appearance order, like Table 5
+        everything: list[dict[str, Any]] = []
+        for ds in by[comp]:
+            rs = by[comp][ds]
+            everything += rs
+            t.rows.append(_judge_row(d, comp, rs, ds))
+        t.rows.append(_judge_row(d, comp, everything, OVERALL))
+    t.notes.append("A parse failure (no faithfulness score) counts in N but not in the means or percentages.")
+    return t
+
+
+def _judge_row(d: ReportData, comp: str, rs: list[dict[str, Any]], dataset: str) -> list[str]:
+    ok = [r for r in rs if num(r.get("faithfulness")) is not None]
+    domains = {str(r["domain"]) for r in rs if r.get("domain")}
+    faith = fmean(float(r["faithfulness"]) for r in ok) if ok else None
+
+    def pct(pred: Callable[[dict[str, Any]], bool]) -> str:
+        return f_pct(sum(1 for r in ok if pred(r)) / len(ok)) if ok else NA
+
+    return [d.label(comp), domains.pop() if len(domains) == 1 else NA, dataset, f_int(len(rs)), f_num(faith, 2),
+            pct(lambda r: r.get("verdict") == "faithful"), pct(lambda r: bool(r.get("answer_alignment"))),
+            f_int(len(rs) - len(ok))]
+
+
+def job_gpu_hours(r: dict[str, Any]) -> float:
+    return (num(r.get("elapsed_s")) or 0.0) / 3600 * (num(r.get("gpus")) or 0.0)
+
+
+def compute_totals(d: ReportData) -> dict[str, float]:
+    """GPU-hours split train / other stages, energy (kWh) and CO2 (kg) per paper H.5."""
+    train = sum(job_gpu_hours(r) for r in d.jobs if r.get("stage") == "train")
+    other = sum(job_gpu_hours(r) for r in d.jobs if r.get("stage") != "train")
+    kwh = (train + other) * d.inputs.tdp_watts / 1000 * d.inputs.pue
+    cpu_h = sum((num(r.get("elapsed_s")) or 0) / 3600 * (num(r.get("cpus")) or 0) for r in d.jobs)
+    return {"train_gpu_h": train, "other_gpu_h": other, "total_gpu_h": train + other, "kwh": kwh,
+            "co2_kg": kwh * d.inputs.grid_g_co2_per_kwh / 1000, "cpu_core_h": cpu_h}
+
+
+def table11(d: ReportData) -> TableBlock:
+    title = "Table 11. Compute per student run (measured)"
+    if not d.jobs and not d.training:
+        return unavailable("table11", title, "no job accounting and no training results")
+    t = TableBlock("table11", title, ["Teacher", "Student", "Method", "Data", "GPUs", "Time (h)", "GPU-h",
+                                      "Trainable tokens", "Source"])
+    jobs_by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in d.jobs:
+        if r.get("stage") == "train" and r.get("cell"):
+            jobs_by_cell[str(r["cell"])].append(r)
+    for c in d.cells:
+        tr = d.training.get(c.cell, {})
+        js = jobs_by_cell.get(c.cell)
+        if js:  # retried/requeued attempts all consumed the allocation, so they add up
+            secs = sum(num(j.get("elapsed_s")) or 0.0 for j in js)
+            gpus = num(js[-1].get("gpus"))
+            gpu_h = sum(job_gpu_hours(j) for j in js)
+            source = ", ".join(sorted({str(j.get("source") or "job") for j in js}))
+        else:
+            secs = num(tr.get("train_seconds")) or 0.0
+            gpus = num(tr.get("gpus")) if tr.get("gpus") is not None else num(c.gpus)
+            gpu_h = secs / 3600 * (gpus or 0)
+            source = "training log" if tr else NA
+        has_time = bool(js) or num(tr.get("train_seconds")) is not None
+        t.rows.append([d.label(c.teacher), d.label(c.student), d.label(c.method), d.label(c.data), f_int(gpus),
+                       f_auto(secs / 3600) if has_time else NA, f_auto(gpu_h) if has_time else NA,
+                       f_tokens(tr.get("trainable_tokens")), source])
+    tot = compute_totals(d)
+    t.notes.append(f"Training GPU-h (jobs): {f_auto(tot['train_gpu_h'])}; other stages: "
+                   f"{f_auto(tot['other_gpu_h'])}; total: {f_auto(tot['total_gpu_h'])} GPU-h.")
+    t.notes.append(f"Energy at {d.inputs.tdp_watts:g} W x PUE {d.inputs.pue:g}: {f_auto(tot['kwh'])} kWh; "
+                   f"CO2 at {d.inputs.grid_g_co2_per_kwh:g} g/kWh: {f_auto(tot['co2_kg'])} kg CO2eq.")
+    if tot["cpu_core_h"]:
+        t.notes.append(f"CPU core-hours (jobs with cpus recorded): {f_auto(tot['cpu_core_h'])}; "
+                       "not counted in the GPU energy model.")
+    if not d.jobs:
+        t.notes.append("No job accounting was given: times come from the training logs.")
+    return t
+
+
+def table11b(d: ReportData) -> TableBlock:
+    title = "Table 11b. Compute per stage (measured jobs)"
+    if not d.jobs:
+        return unavailable("table11b", title, "no job accounting")
+    t = TableBlock("table11b", title, ["Stage", "Jobs", "Wall-clock (h)", "GPU-h", "Energy (kWh)"])
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in d.jobs:
+        by[str(r.get("stage") or NA)].append(r)
+    per_kwh = d.inputs.tdp_watts / 1000 * d.inputs.pue
+    for stage, rs in by.items():
+        gh = sum(job_gpu_hours(r) for r in rs)
+        t.rows.append([stage, f_int(len(rs)), f_auto(sum(num(r.get("elapsed_s")) or 0 for r in rs) / 3600),
+                       f_auto(gh), f_auto(gh * per_kwh)])
+    return t
+
+
+ALL_TABLES: list[Callable[[ReportData], TableBlock]] = [
+    table3, table4, table2, table5, table6, table6b, table7, table8, table9, table10, table11, table11b,
+]
