@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -79,7 +80,9 @@ def execute_stage(plan: Plan, store: ArtifactStore, node_id: str, out: Path) -> 
     missing = [d for d, p in inputs.items() if not (p / "manifest.json").is_file()]
     if missing:
         raise RuntimeError(f"{node_id}: upstream not committed: {', '.join(missing)}")
-    result = stage_function(node.stage)(StageContext(plan.config, node, inputs, out))
+    work = store.work_dir(node.stage, node.name, plan.keys[node_id])
+    work.mkdir(parents=True, exist_ok=True)
+    result = stage_function(node.stage)(StageContext(plan.config, node, inputs, out, work))
     atomic_write_text(out / RESULT_FILE, json.dumps(
         {"rows": result.rows, "metrics": result.metrics, "placeholder": result.placeholder}, default=str))
     return result
@@ -118,6 +121,7 @@ def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
             "git_revision": git_revision(), "host": socket.gethostname(),
         }
         store.commit(tmp, node.stage, node.name, key, manifest, replace=forced)
+        shutil.rmtree(store.work_dir(node.stage, node.name, key), ignore_errors=True)
     log.info("%s committed in %.1fs (key %s)", node_id, finished - started, key)
     return NodeOutcome(node_id, key, store.rel(final), cached=False, seconds=finished - started, job_id=job_id)
 

@@ -108,6 +108,14 @@ class ArtifactStore:
                     out.append(m)
         return sorted(out, key=lambda m: m.get("finished_at", 0), reverse=True)
 
+    def work_dir(self, stage: str, name: str, key: str) -> Path:
+        """Scratch space that survives a crash, for item-level resume (request shards, checkpoints).
+
+        Keyed like the artifact, so a changed config never resumes stale partial work. Removed
+        after a successful commit.
+        """
+        return self.root / stage / ".work" / f"{name}-{key}"
+
     # -- writing ---------------------------------------------------------------
     def begin(self, stage: str, name: str, key: str) -> Path:
         tmp_root = self.root / stage / ".tmp"

@@ -2,7 +2,8 @@
 
 A stage reads its upstream artifacts from `ctx.inputs` (committed, read-only
 directories) and writes only into `ctx.out` (a temporary directory that the
-runner commits atomically). It never touches the store itself.
+runner commits atomically) and `ctx.work` (resumable scratch that survives a
+crash). It never touches the store itself.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class StageContext:
     node: Node
     inputs: Mapping[str, Path]  # upstream node id -> committed artifact dir
     out: Path
+    # crash-surviving scratch for item-level resume (shards, checkpoints); removed after commit
+    work: Path
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("compress_distill.stage"))
 
     def input(self, stage: str, name: str | None = None) -> Path:
