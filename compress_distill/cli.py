@@ -169,6 +169,28 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command()
+def render(config: ConfigArg, outdir: Annotated[Path, typer.Argument(help="directory for the rendered files")],
+           override: Annotated[list[str] | None, typer.Option(
+               "--override", help="job resource override KEY=VALUE for every job, e.g. partition=debug")] = None,
+           ) -> None:
+    """Write every cell's Axolotl YAML and the sbatch scripts of every job (for review or manual sbatch)."""
+    from .render_all import render_study
+
+    overrides = {}
+    for item in override or []:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE")
+        overrides[k.strip()] = v.strip()
+    try:
+        files = render_study(_load(config), outdir, overrides=overrides or None)
+    except (ValueError, KeyError) as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(f"wrote {len(files)} files under {outdir}")
+
+
 def _prefect_defaults() -> None:
     # Ephemeral mode starts a throwaway API server per process; give it time on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
