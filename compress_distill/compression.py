@@ -1,0 +1,209 @@
+"""Compression stage helpers (paper 3.2, appendix B): prompts, assembly, rho, Table 5 statistics.
+
+Pure functions; the stage drives the generation client with them.
+
+- `compression_prompt`: the compressor's user turn. `{question}` and `{trace}` are filled in
+  ONE pass, so braces or a literal "{trace}" inside a question or trace are left alone.
+  A per-domain prompt (`CompressorSpec.domain_prompts`) overrides the generic one.
+- `assemble`: the compressor output becomes the new reasoning; the raw response's text after
+  `</think>` (the verified final answer) is re-attached byte-for-byte:
+  `<think>{compressed}</think>{tail}`.
+- rho = len(compressed reasoning) / len(raw reasoning), in characters.
+
+Edge cases (decided here, counted in the stats):
+- empty compressor output -> status `empty`, `usable=False`, rho 0.0. It is kept in the table
+  (the judge rates it `empty_compressed`) but derive/trainset skip it: an empty think block
+  would turn the example into an answer-only one.
+- output longer than the raw reasoning -> status `longer` (rho > 1), kept and usable: the paper
+  keeps every compression.
+- compressor stopped by its token cap (`finish_reason == "length"`) -> status `truncated`, kept.
+- empty raw reasoning -> status `empty_original`, rho null (undefined), not usable.
+- the compressor echoing think tags: text after its last `</think>` is used and stray tags
+  removed, so the assembled response has exactly one think block.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from .config import CompressorSpec
+from .tokenization import batch_lengths
+
+_SLOT = re.compile(r"\{(question|trace)\}")
+_OPEN = re.compile(r"<think\s*>", re.I)
+_CLOSE = re.compile(r"</think\s*>", re.I)
+
+STATUSES = ("ok", "longer", "truncated", "empty", "empty_original")
+
+COMPRESSED_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("dataset", pa.string()),
+    pa.field("domain", pa.string()),
+    pa.field("teacher", pa.string()),
+    pa.field("compressor", pa.string()),
+    pa.field("reasoning", pa.string()),     # the compressed reasoning (cleaned compressor output)
+    pa.field("response", pa.string()),      # <think>{reasoning}</think>{raw tail}: the training target
+    pa.field("raw_chars", pa.int64()),
+    pa.field("compressed_chars", pa.int64()),
+    pa.field("rho", pa.float64()),          # null when the raw reasoning is empty
+    pa.field("status", pa.string()),        # one of STATUSES
+    pa.field("usable", pa.bool_()),
+    pa.field("finish_reason", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class SplitResponse:
+    reasoning: str  # stripped text inside the (last) think block
+    tail: str       # verbatim text after the last </think> (the final answer part)
+
+
+def split_response(response: str) -> SplitResponse | None:
+    """Reasoning and verbatim tail of a `<think>...</think>answer` response; None without `</think>`."""
+    closes = list(_CLOSE.finditer(response))
+    if not closes:
+        return None
+    last = closes[-1]
+    opened = _OPEN.search(response)
+    start = opened.end() if opened and opened.start() < last.start() else 0
+    return SplitResponse(response[start:last.start()].strip(), response[last.end():])
+
+
+def join_response(reasoning: str, tail: str) -> str:
+    return f"<think>{reasoning}</think>{tail}"
+
+
+def prompt_template(spec: CompressorSpec, domain: str | None) -> str:
+    return spec.domain_prompts.get(domain, spec.prompt) if domain else spec.prompt
+
+
+def render_prompt(template: str, question: str, trace: str) -> str:
+    values = {"question": question, "trace": trace}
+    return _SLOT.sub(lambda m: values[m.group(1)], template)
+
+
+def compression_prompt(spec: CompressorSpec, question: str, trace: str, domain: str | None = None) -> str:
+    """The compressor's user message for one raw reasoning trace (`question` already rendered)."""
+    return render_prompt(prompt_template(spec, domain), question, trace)
+
+
+def compression_inputs(spec: CompressorSpec, traces: Iterable[Mapping[str, Any]],
+                       questions: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """`{id, domain, prompt}` per verified trace (question rendered with its choices, the raw
+    reasoning as `{trace}`, the trace's domain picking the prompt). Traces without a question or
+    without `</think>` are counted, not sent."""
+    from .datasets.schema import render_question  # local: keeps this module free of the registry
+
+    by_id = {str(q["id"]): q for q in questions}
+    stats = {"traces": 0, "requests": 0, "missing_question": 0, "no_think": 0}
+    out = []
+    for t in traces:
+        stats["traces"] += 1
+        q = by_id.get(str(t["id"]))
+        parts = split_response(str(t.get("response") or ""))
+        if q is None:
+            stats["missing_question"] += 1
+        elif parts is None:
+            stats["no_think"] += 1
+        else:
+            domain = t.get("domain") or q.get("domain")
+            question = render_question(str(q["question"]), q.get("choices"))
+            out.append({"id": str(t["id"]), "domain": domain,
+                        "prompt": compression_prompt(spec, question, parts.reasoning, domain)})
+    stats["requests"] = len(out)
+    return out, stats
+
+
+def clean_output(text: str | None) -> str:
+    """The compressor output as reasoning: after its last `</think>`, no stray think tags, stripped."""
+    if not text:
+        return ""
+    closes = list(_CLOSE.finditer(text))
+    if closes:
+        text = text[closes[-1].end():]
+    return _CLOSE.sub("", _OPEN.sub("", text)).strip()
+
+
+def char_ratio(compressed: str, raw: str) -> float | None:
+    """rho; None when the raw reasoning is empty (the ratio is undefined)."""
+    return len(compressed) / len(raw) if raw else None
+
+
+def assemble(record_id: str, raw_response: str, output: str | None, *, finish_reason: str | None = None,
+             canonical_answer: str | None = None, **meta: Any) -> dict[str, Any]:
+    """One COMPRESSED_SCHEMA row from a verified raw response and the compressor's output.
+
+    `meta` fills the dataset/domain/teacher/compressor columns. A raw response without
+    `</think>` cannot be compressed (it never passed verification): ValueError.
+    """
+    parts = split_response(raw_response)
+    if parts is None:
+        raise ValueError(f"{record_id}: raw response has no </think>; only verified traces are compressed")
+    tail = parts.tail
+    if not tail.strip() and canonical_answer is not None:
+        tail = f"\n\nThe answer is {canonical_answer}."  # only when the raw tail is empty
+    reasoning = clean_output(output)
+    rho = char_ratio(reasoning, parts.reasoning)
+    if not parts.reasoning:
+        status = "empty_original"
+    elif not reasoning:
+        status = "empty"
+    elif finish_reason == "length":
+        status = "truncated"
+    elif rho is not None and rho > 1:
+        status = "longer"
+    else:
+        status = "ok"
+    row = {name: meta.get(name) for name in ("dataset", "domain", "teacher", "compressor")}
+    row.update(id=record_id, reasoning=reasoning, response=join_response(reasoning, tail),
+               raw_chars=len(parts.reasoning), compressed_chars=len(reasoning), rho=rho, status=status,
+               usable=status not in ("empty", "empty_original"), finish_reason=finish_reason)
+    return row
+
+
+# --------------------------------------------------------------------------- Table 5
+
+def _mean(xs: Sequence[float]) -> float | None:
+    return math.fsum(xs) / len(xs) if xs else None
+
+
+def compression_stats(rows: Iterable[Mapping[str, Any]], tokenizer: Any = None) -> list[dict[str, Any]]:
+    """Table 5 rows per (teacher, compressor, dataset), then an `Overall` row per (teacher, compressor).
+
+    Means are over usable rows. `ratio_of_means` = mean compressed chars / mean raw chars is the
+    ratio Table 5 prints; `mean_rho` is the mean of per-example rho. `mean_compressed_tokens`
+    needs `tokenizer` (the compressor's). Empty / longer / truncated outputs are counted.
+    """
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        key = (str(r.get("teacher")), str(r.get("compressor")), str(r.get("dataset")))
+        groups[key].append(r)
+        groups[(key[0], key[1], "Overall")].append(r)
+    tokens: dict[int, int] = {}
+    if tokenizer is not None:
+        usable = [r for k, rs in groups.items() if k[2] != "Overall" for r in rs if r.get("usable")]
+        for r, n in zip(usable, batch_lengths(tokenizer, [str(r["reasoning"]) for r in usable]), strict=True):
+            tokens[id(r)] = n
+    out = []
+    for (teacher, compressor, dataset), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:2],
+                                                                                      kv[0][2] == "Overall",
+                                                                                      kv[0][2])):
+        ok = [r for r in rs if r.get("usable")]
+        raw = _mean([float(r["raw_chars"]) for r in ok])
+        comp = _mean([float(r["compressed_chars"]) for r in ok])
+        out.append({
+            "teacher": teacher, "compressor": compressor, "dataset": dataset, "n": len(rs), "n_usable": len(ok),
+            "mean_raw_chars": raw, "mean_compressed_chars": comp,
+            "mean_compressed_tokens": _mean([float(tokens[id(r)]) for r in ok]) if tokenizer is not None else None,
+            "mean_rho": _mean([float(r["rho"]) for r in ok if r.get("rho") is not None]),
+            "ratio_of_means": comp / raw if raw and comp is not None else None,
+            **{f"n_{s}": sum(r.get("status") == s for r in rs) for s in STATUSES if s != "ok"},
+        })
+    return out
