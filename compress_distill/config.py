@@ -140,6 +140,8 @@ class TrainingSpec(Strict):
     gradient_accumulation_steps: int = Field(ge=1)
     num_epochs: float = Field(gt=0)
     max_steps: int | None = Field(None, ge=1)
+    # checkpoint every N steps so a killed CPU (TRL) cell resumes; not identity (resume is exact)
+    save_steps: int | None = Field(None, ge=1)
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = Field(ge=0, lt=1)
     val_set_size: float = Field(0.0, ge=0, lt=1)

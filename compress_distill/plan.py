@@ -7,7 +7,7 @@ upstream keys. Paths, hostnames, partitions, time limits and labels are not
 part of any key, so moving the store or the cluster keeps every key.
 
 Stages, in order:
-  prepare -> generate (rejection rounds, in one serving job) -> verify
+  build (mini-world models only) / prepare -> generate (rejection rounds, in one serving job) -> verify
   -> compress -> judge (optional) -> derive (training sets per source)
   -> train -> evaluate -> report
 """
@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import CELL_AXES, StudyConfig
+from .serving import mini_ref
 from .versions import CODE_VERSIONS
 
-STAGES = ("prepare", "generate", "verify", "compress", "judge", "derive", "train", "evaluate", "report")
+STAGES = ("build", "prepare", "generate", "verify", "compress", "judge", "derive", "train", "evaluate", "report")
 KEY_LEN = 16
 
 
@@ -155,6 +156,20 @@ def build_plan(cfg: StudyConfig) -> Plan:
 
     train_sets = {k: v.model_dump() for k, v in cfg.datasets.items() if v.train_split}
     eval_sets = {k: v.model_dump() for k, v in cfg.datasets.items() if v.eval_split}
+    def built(ref: str) -> tuple[str, ...]:
+        """The build node of a locally built mini-world model (its recipe key enters every key downstream)."""
+        mini = mini_ref(ref)
+        if mini is None:
+            return ()
+        from .miniworld.recipes import model_key
+
+        name = ref.replace(":", ".")
+        prefix = ref.split(":", 1)[0]
+        # compressors start from the teacher's weights: building both at once would race on the teacher
+        after = built(f"{prefix}:teacher") if ref.split(":", 1)[1].startswith("compressor") else ()
+        return (add(Node("build", name, {"ref": ref, "recipe_key": model_key(mini[0], mini[1])}, after,
+                         JobSpec("train", 0), refs={"model": ref})),)
+
     pool = add(Node("prepare", "train-pool", {"datasets": train_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
     suite = add(Node("prepare", "eval-suite", {"datasets": eval_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
 
@@ -172,7 +187,7 @@ def build_plan(cfg: StudyConfig) -> Plan:
             "generate", t,
             {**_serving_identity(ts.model, ts.sampling, ts.serve.max_model_len),
              "rejection_rounds": ts.rejection_rounds, "system_prompt": ts.system_prompt},
-            (pool,), JobSpec("vllm", ts.serve.gpus), refs={"teacher": t},
+            (*built(ts.model), pool), JobSpec("vllm", ts.serve.gpus), refs={"teacher": t},
         ))
         ver = add(Node("verify", t, {}, (gen, pool), JobSpec("cpu"), refs={"teacher": t}))
         upstream_leaves.append(ver)
@@ -184,7 +199,7 @@ def build_plan(cfg: StudyConfig) -> Plan:
                 "compress", f"{t}.{cname}",
                 {**_serving_identity(cs.model, cs.sampling, cs.serve.max_model_len),
                  "prompt": cs.prompt, "domain_prompts": dict(cs.domain_prompts)},
-                (ver,), JobSpec("vllm", cs.serve.gpus), refs={"teacher": t, "compressor": cname},
+                (*built(cs.model), ver), JobSpec("vllm", cs.serve.gpus), refs={"teacher": t, "compressor": cname},
             ))
             upstream_leaves.append(comp_ids[cname])
             if cfg.judge is not None and cfg.judge.enabled:
@@ -209,23 +224,26 @@ def build_plan(cfg: StudyConfig) -> Plan:
                                           refs={"teacher": t, "source": d}))
 
     evals: list[str] = []
+    trains: list[str] = []
     for c in cells:
         st = cfg.students[c.student]
         method = cfg.method_for(c.student, c.method)
         tr = add(Node(
             "train", c.name,
             {"student": st.model, "method": method.model_dump(exclude={"label"}),
-             "training": cfg.training.model_dump(), "fsdp": st.fsdp and method.kind == "full",
+             "training": cfg.training.model_dump(exclude={"save_steps"}), "fsdp": st.fsdp and method.kind == "full",
              "decoder_layer": st.decoder_layer, "world_size": c.gpus},
-            (derive_ids[(c.teacher, c.data)],), JobSpec("train", c.gpus), c,
+            (*built(st.model), derive_ids[(c.teacher, c.data)]), JobSpec("train", c.gpus), c,
         ))
+        trains.append(tr)
         ev = cfg.evaluation
         evals.append(add(Node(
             "evaluate", c.name,
             {"max_tokens": ev.max_tokens, "temperature": ev.temperature, "groups": ev.groups},
             (tr, suite), JobSpec("eval", ev.serve.gpus), c,
         )))
-    add(Node("report", "study", {}, tuple(upstream_leaves + evals), JobSpec("cpu")))
+    # The report reads loss curves and training times too, so train nodes are its inputs as well.
+    add(Node("report", "study", {}, tuple(upstream_leaves + trains + evals), JobSpec("cpu")))
 
     plan = Plan(cfg, cells, nodes)
     for nid in nodes:  # insertion order is topological: deps are always added first

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+_IMPORT_LOCK = threading.Lock()
 DEFAULT_CHARS_PER_TOKEN = 4.0
 WINDOW_SLACK = 1.25  # window = budget * chars/token * slack + pad: most texts settle in one pass
 WINDOW_PAD = 32
@@ -55,7 +57,8 @@ def load_tokenizer(ref: str | Path) -> Any:
         from tokenizers import Tokenizer
 
         return Tokenizer.from_file(str(path))
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    with _IMPORT_LOCK:  # transformers' lazy module init is not thread-safe (two derive steps in parallel)
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     tok = AutoTokenizer.from_pretrained(ref_s)
     if getattr(tok, "backend_tokenizer", None) is None:

@@ -5,6 +5,7 @@ the marin way: explicit, reviewable, and blind to comment-only edits.
 """
 
 CODE_VERSIONS: dict[str, str] = {
+    "build": "1",
     "prepare": "1",
     "generate": "1",
     "verify": "1",

@@ -1,12 +1,21 @@
 """Teacher-style reasoning traces for the mini world, and their concise rewrites.
 
-A verbose trace restates the question, makes a false start, computes, re-checks,
-says "at first I thought W, but that is wrong", and concludes (~100 tokens). Each
-sentence slot has several phrasings and some slots are optional, so sampled traces
-differ in wording and length. `wrong=True` makes one mistake at the decision point
-(a sum off by one, a flipped comparison or parity, an overlooked option) and carries
-it through to a consistent wrong final answer: that is how the teacher's error rate
-is controlled.
+A verbose trace (~100 tokens) has three parts:
+1. a restatement of the question (two phrasings);
+2. a deliberation block: false starts ("should I multiply? No"), "at first I thought
+   W, but I should check", generic filler, 1-4 sentences drawn at random and shuffled;
+3. a fixed computation chain: re-copy the operands, extract digits, compute, re-check,
+   "at first I thought W, but that is wrong", conclude.
+
+WHY this order: measured on this task, a 0.86M model copies digits reliably only at
+fixed offsets from a cue it can match (a restated operand, "(", "A)"); when optional
+sentences sat between the question and the digit extraction the verbose mode stayed
+near chance for 1,500 steps while the concise mode was perfect. So the randomness
+lives in the deliberation block and the chain re-copies its operands from a cue.
+
+`wrong=True` makes one mistake at the chain's decision point (a sum off by one, a
+flipped comparison or parity, a dropped minimum) and carries it through to a
+consistent wrong final answer: that is how the teacher's error rate is controlled.
 
 Concise rewrites keep the essential steps: `mild` keeps 2-4 short sentences,
 `aggressive` one clause (the two compressors' targets; the teacher's concise mode
@@ -34,8 +43,11 @@ def _ints(text: str) -> list[int]:
     return [int(t) for t in re.findall(r"\d+", text)]
 
 
-def _maybe(rng: random.Random, p: float, sentence: str) -> list[str]:
-    return [sentence] if rng.random() < p else []
+def _deliberate(rng: random.Random, own: list[str]) -> list[str]:
+    """1-3 sentences: one or two of the domain's false starts, maybe a generic filler, shuffled."""
+    picked = rng.sample(own, rng.randint(1, 2)) + rng.sample(FILLER, rng.randint(0, 1))
+    rng.shuffle(picked)
+    return picked
 
 
 def _add(q: Question, rng: random.Random, wrong: bool) -> tuple[list[str], str]:
@@ -45,14 +57,14 @@ def _add(q: Question, rng: random.Random, wrong: bool) -> tuple[list[str], str]:
     if wrong:  # off by one: the most human slip, and a single decision point
         s = s + 1 if s == 0 or (s < 18 and rng.random() < 0.5) else s - 1
     r = s % 10
-    w = rng.choice([d for d in range(10) if d not in (r, (x + y) % 10)])
+    w, guess = rng.sample([d for d in range(10) if d != r], 2)
     out = [rng.choice([f"The question asks for ({a} + {b}) mod 10.", f"I need ({a} + {b}) mod 10."])]
-    out += _maybe(rng, 0.7, rng.choice(["Wait, is it a product? No, it says plus.",
-                                        "Hmm, should I multiply? No, it is a sum."]))
-    out += [f"Mod 10 only the ones digits matter: {x} and {y}.", f"{x} + {y} = {s}."]
-    out += _maybe(rng, 0.7, f"Let me re-check the other way: {y} + {x} = {s}.")
-    out += _maybe(rng, 0.6, f"Hmm, at first I thought {w}, but that is wrong.")
-    out += [f"The last digit of {s} is {r}.", f"So the result is {r}."]
+    out += _deliberate(rng, ["Wait, is it a product? No, it says plus.", "Hmm, should I multiply? No, it is a sum.",
+                             f"At first I thought it was {guess}, but I should check.",
+                             "Only the ones digits matter mod 10."])
+    out += [f"Now ({a} + {b}): the ones digits are {x} and {y}.", f"{x} + {y} = {s}, and {y} + {x} = {s} too.",
+            f"The last digit of {s} is {r}.", f"Hmm, at first I thought {w}, but that is wrong.",
+            f"So the result is {r}."]
     return out, str(r)
 
 
@@ -63,18 +75,18 @@ def _cmp(q: Question, rng: random.Random, wrong: bool) -> tuple[list[str], str]:
     a_wins = (first > second) != wrong  # wrong: the comparison is flipped
     rel = ">" if a_wins else "<"
     win, lose = (a, b) if a_wins else (b, a)
-    out = [rng.choice([f"I need to find the larger of {a} and {b}.", f"I have to compare {a} and {b}."])]
-    out += _maybe(rng, 0.7, rng.choice(["Both have two digits, so I compare the tens first.",
-                                        "Wait, should I subtract them? No, comparing digits is enough."]))
-    out.append(f"The tens digits are {ta} and {tb}.")
+    out = [rng.choice([f"I need to compare {a} and {b}.", f"The question wants me to compare {a} and {b}."])]
+    out += _deliberate(rng, ["Both have two digits, so the tens come first.",
+                             "Wait, should I subtract them? No, comparing digits is enough.",
+                             f"At first I thought {rng.choice([a, b])}, but I should check.",
+                             "The bigger tens digit wins unless they tie."])
+    out.append(f"To compare {a} and {b}, I look at the tens digits: {ta} and {tb}.")
     if ta != tb:
         out.append(f"{ta} {rel} {tb}, so the tens decide it.")
-        out += _maybe(rng, 0.6, "Do the ones digits matter? No, not here.")
     else:
-        out += ["The tens are equal, so I look at the ones.", f"The ones digits are {oa} and {ob}, and {oa} {rel} {ob}."]
-    out += _maybe(rng, 0.7, f"Let me re-check on a number line: {win} is further right.")
-    out += _maybe(rng, 0.6, f"At first I thought {lose} was larger, but that is wrong.")
-    out.append(f"So {win} is the larger one.")
+        out.append(f"They are equal, so the ones decide: {oa} {rel} {ob}.")
+    out += [f"On a number line {win} is further right.", f"At first I thought {lose}, but that is wrong.",
+            f"So {win} is the larger one."]
     return out, str(win)
 
 
@@ -85,26 +97,25 @@ def _par(q: Question, rng: random.Random, wrong: bool) -> tuple[list[str], str]:
     other = "odd" if par == "even" else "even"
     yes = "yes" if par == "even" else "no"
     out = [rng.choice([f"I need to decide if {n} is even.", f"The question asks whether {n} is even."])]
-    out += _maybe(rng, 0.7, rng.choice(["Wait, should I divide it by 2? No, the last digit is enough.",
-                                        "I could halve it, but the last digit is enough."]))
-    out += [f"The last digit of {n} is {d}.", f"{d} is {par}."]
-    if rng.random() < 0.7:
-        out += ["Let me re-check: the even digits are 0, 2, 4, 6 and 8.",
-                f"{d} is {'' if par == 'even' else 'not '}in that list."]
-    out += _maybe(rng, 0.6, f"At first I thought it was {other}, but that is wrong.")
-    out.append(f"So the number is {par}, so {yes}.")
+    out += _deliberate(rng, ["Wait, should I divide it by 2? No, the last digit is enough.",
+                             "I could halve it, but the last digit is enough.",
+                             f"At first I thought it was {rng.choice(['even', 'odd'])}, but I should check.",
+                             "Only the last digit matters for this."])
+    out += [f"The last digit of {n} is {d}.", f"{d} is {par}.",
+            f"Check: {d} is {'' if par == 'even' else 'not '}one of 0, 2, 4, 6, 8.",
+            f"At first I thought it was {other}, but that is wrong.", f"So {n} is {par}, so {yes}."]
     return out, yes
 
 
 def _min_chain(vals: list[int], wrong: bool) -> list[tuple[int, int, int]]:
-    """Pairwise scan (current, next, kept). Wrong: the true minimum is dropped when it is met."""
-    low = min(vals)
-    cur, steps = vals[0], []
-    for v in vals[1:]:
-        keep = min(cur, v)
-        if wrong and low in (cur, v):
-            keep = max(cur, v)
-        steps.append((cur, v, keep))
+    """Pairwise scan as indices (current, next, kept). Wrong: the true minimum is dropped when met."""
+    low = vals.index(min(vals))
+    cur, steps = 0, []
+    for i in range(1, len(vals)):
+        keep = cur if vals[cur] < vals[i] else i
+        if wrong and low in (cur, i):
+            keep = cur if keep == i else i
+        steps.append((cur, i, keep))
         cur = keep
     return steps
 
@@ -112,27 +123,27 @@ def _min_chain(vals: list[int], wrong: bool) -> list[tuple[int, int, int]]:
 def _min(q: Question, rng: random.Random, wrong: bool) -> tuple[list[str], str]:
     vals = [int(c) for c in (q["choices"] or [])]
     chain = _min_chain(vals, wrong)
-    m = chain[-1][2]
-    letter = LETTERS[vals.index(m)]
-    second = sorted(vals)[1] if not wrong else min(vals)
-    pick = rng.choice
-    out = [pick(["I need the option with the smallest number.", "The question wants the smallest of four numbers."])]
-    out += _maybe(rng, 0.6, pick(["Wait, is it the largest? No, the smallest.", "Let me not pick the largest by mistake."]))
-    out += _maybe(rng, 0.6, ", ".join(f"{LETTERS[i]} is {v}" for i, v in enumerate(vals)) + ".")
-    out += [f"{c} vs {v}: {k} is smaller." for c, v, k in chain]
-    out += _maybe(rng, 0.5, f"At first I thought {second} was the smallest, but that is wrong.")
-    out += [f"{m} is option {letter}.", f"So the smallest is option {letter}."]
+    letter = LETTERS[chain[-1][2]]
+    w = rng.choice([c for c in LETTERS if c != letter])
+
+    def opt(i: int) -> str:  # "B) 7": the letter is the cue that lets the model copy the value
+        return f"{LETTERS[i]}) {vals[i]}"
+
+    out = [rng.choice(["I need the option with the smallest number.", "The question wants the smallest of four numbers."])]
+    out += _deliberate(rng, ["Wait, is it the largest? No, the smallest.", "Let me not pick the largest by mistake.",
+                             f"At first I thought {rng.choice(LETTERS)}, but I should check.",
+                             "I will compare them one by one."])
+    out += [f"{opt(c)} vs {opt(i)} gives {opt(k)}." for c, i, k in chain]
+    out += [f"At first I thought {w}, but that is wrong.", f"So the smallest is option {letter}."]
     return out, letter
 
 
 _VERBOSE = {"add": _add, "cmp": _cmp, "par": _par, "min": _min}
 
 
-def verbose_trace(q: Question, rng: random.Random, wrong: bool = False, max_filler: int = 2) -> tuple[str, str]:
+def verbose_trace(q: Question, rng: random.Random, wrong: bool = False) -> tuple[str, str]:
     """(trace, final answer). The answer equals q['answer'] unless `wrong`."""
     sentences, answer = _VERBOSE[q["dataset"]](q, rng, wrong)
-    for extra in rng.sample(FILLER, rng.randint(0, max_filler)):  # generic deliberation, after the opening
-        sentences.insert(rng.randint(1, len(sentences) - 1), extra)
     return " ".join(sentences), answer
 
 
@@ -164,6 +175,6 @@ def concise_trace(q: Question, level: Level = "mild") -> str:
         m = min(vals)
         if not mild:
             return f"Smallest is {m}, so {q['answer']}."
-        steps = " ".join(f"{c} vs {v}: {k}." for c, v, k in _min_chain(vals, False))
+        steps = " ".join(f"{vals[c]} vs {vals[i]}: {vals[k]}." for c, i, k in _min_chain(vals, False))
         return f"{steps} {m} is {q['answer']}."
     raise ValueError(f"unknown mini-world domain {name!r}")

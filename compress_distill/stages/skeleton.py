@@ -1,10 +1,10 @@
-"""Skeleton stand-ins for stages that have not landed yet.
+"""Stand-ins for every stage, selected with COMPRESS_DISTILL_STAGES=skeleton (tests only).
 
-They write tables with the real schemas so that the DAG, the store, caching
-and resume can be exercised end to end, and they mark their manifests
-`placeholder: true`. They are honest about what they are: no model is run.
-Set COMPRESS_DISTILL_SKELETON_DELAY_S to make each stand-in sleep (used by
-the kill/resume test to catch a run mid-stage).
+They write small tables so that the DAG, the store, caching and resume can be
+exercised in seconds, and they mark their manifests `placeholder: true`: no
+model is run. COMPRESS_DISTILL_SKELETON_DELAY_S makes each stand-in sleep
+(the kill/resume test uses it to catch a run mid-stage). The judge stage
+still uses its stand-in in real runs until the judge job lands.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ def _synthetic(domain: str, n: int, rng: random.Random) -> list[tuple[str, str]]
         else:
             out.append((f"Is {a * 10 + b} even?", "yes" if (a * 10 + b) % 2 == 0 else "no"))
     return out
+
+
+def build(ctx: StageContext) -> StageResult:
+    _delay()
+    (ctx.out / "model.json").write_text(json.dumps({"ref": ctx.node.params["ref"], "skeleton": True}))
+    return StageResult({}, placeholder=True)
 
 
 def prepare(ctx: StageContext) -> StageResult:

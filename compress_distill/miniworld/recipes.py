@@ -1,0 +1,165 @@
+"""Frozen build recipes for the mini world's models, their cache keys, and `resolve_model`.
+
+A recipe holds everything that decides a model's weights: tokenizer, shape,
+training data mix, error rate, optimiser schedule, seeds, and (for a compressor)
+the whole recipe of the teacher it starts from. Its key is the sha256 of the
+recipe's canonical JSON plus BUILD_VERSION; paths, thread counts and timestamps
+never enter it, so moving `models/mini` keeps every key.
+
+A built model lives in `<root>/<name>-<key>/` next to a `recipe.json` carrying the
+key and the recipe. `resolve_model("mini:teacher")` finds the directory of the
+CURRENT recipe: after a recipe change the old directory is simply not found.
+This module imports no torch, so planning code can resolve models cheaply.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Bump when build code changes the weights a recipe produces (not for comment-only edits).
+BUILD_VERSION = "1"
+KEY_LEN = 16
+RECIPE_FILE = "recipe.json"
+REF_PREFIX = "mini:"
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "models" / "mini"
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TokenizerRecipe(Frozen):
+    vocab_size: int = Field(600, ge=300)
+    corpus_per_domain: int = Field(1000, ge=10)
+    seed: int = 0
+
+
+class Shape(Frozen):
+    """A Qwen3 decoder: tied embeddings, GQA, MLP width = mlp_mult x hidden."""
+
+    hidden: int = Field(ge=16)
+    layers: int = Field(ge=1)
+    heads: int = 4
+    kv_heads: int = 2
+    mlp_mult: int = 3
+
+
+class TrainSpec(Frozen):
+    """AdamW, linear warmup then cosine down to min_lr_frac x lr, gradient clipping."""
+
+    steps: int = Field(ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup: int = Field(50, ge=0)
+    min_lr_frac: float = Field(0.05, ge=0, le=1)
+    clip: float = Field(1.0, gt=0)
+    weight_decay: float = 0.0
+    seed: int = 0
+
+
+class TeacherRecipe(Frozen):
+    """Style-tagged multi-task teacher: verbose by default, concise on `Style: concise`."""
+
+    kind: Literal["teacher"] = "teacher"
+    tokenizer: TokenizerRecipe
+    shape: Shape
+    train: TrainSpec
+    domains: tuple[str, ...] = ("add", "cmp", "par", "min")
+    n_train_per_domain: int = Field(4000, ge=1)
+    verbose_per_batch: int = Field(10, ge=1)  # the rest of each batch is concise (70/30 at 10 of 32)
+    error_rate: float = Field(0.3, ge=0, lt=1)  # fraction of verbose traces with a wrong final answer
+    init_seed: int = 0
+    data_seed: int = 0
+
+
+class CompressorRecipe(Frozen):
+    """`Compress: <question> || <verbose trace>` -> a `level` rewrite, initialised from the teacher."""
+
+    kind: Literal["compressor"] = "compressor"
+    teacher: TeacherRecipe
+    level: Literal["mild", "aggressive"]
+    train: TrainSpec
+    n_train_per_domain: int = Field(2000, ge=1)
+    data_seed: int = 1
+
+
+class StudentRecipe(Frozen):
+    """An untrained student: random initial weights plus the shared tokenizer."""
+
+    kind: Literal["student"] = "student"
+    tokenizer: TokenizerRecipe
+    shape: Shape
+    init_seed: int = 0
+
+
+Recipe = TeacherRecipe | CompressorRecipe | StudentRecipe
+MODEL_NAMES = ("teacher", "compressor-mild", "compressor-aggressive", "student-tiny", "student-small")
+
+
+def default_recipes(quick: bool = False) -> dict[str, Recipe]:
+    """The shipped recipes, or CI-sized ones (`quick`) that prove the build path in about a minute."""
+    if quick:
+        tok = TokenizerRecipe(vocab_size=400, corpus_per_domain=50)
+        teacher = TeacherRecipe(tokenizer=tok, shape=Shape(hidden=32, layers=1),
+                                train=TrainSpec(steps=20, batch_size=8, warmup=5),
+                                n_train_per_domain=60, verbose_per_batch=3)
+        comp = TrainSpec(steps=5, batch_size=8, lr=1e-3, warmup=2)
+        comp_n = 30
+    else:
+        tok = TokenizerRecipe()
+        teacher = TeacherRecipe(tokenizer=tok, shape=Shape(hidden=128, layers=4), train=TrainSpec(steps=1500))
+        comp = TrainSpec(steps=400, lr=1e-3, warmup=10)
+        comp_n = 2000
+    return {
+        "teacher": teacher,
+        "compressor-mild": CompressorRecipe(teacher=teacher, level="mild", train=comp, n_train_per_domain=comp_n),
+        "compressor-aggressive": CompressorRecipe(teacher=teacher, level="aggressive", train=comp,
+                                                  n_train_per_domain=comp_n),
+        "student-tiny": StudentRecipe(tokenizer=tok, shape=Shape(hidden=96, layers=3), init_seed=5),
+        "student-small": StudentRecipe(tokenizer=tok, shape=Shape(hidden=128, layers=4), init_seed=5),
+    }
+
+
+def _digest(payload: dict) -> str:
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:KEY_LEN]
+
+
+def recipe_key(recipe: Recipe | TokenizerRecipe) -> str:
+    """Content key of a recipe: its canonical JSON plus the build code version, nothing else."""
+    return _digest({"build_version": BUILD_VERSION, "recipe": recipe.model_dump(mode="json")})
+
+
+def dir_name(name: str, recipe: Recipe | TokenizerRecipe) -> str:
+    return f"{name}-{recipe_key(recipe)}"
+
+
+def parse_ref(ref: str) -> str:
+    """'mini:teacher' -> 'teacher'; anything else is an error naming the valid refs."""
+    name = ref.removeprefix(REF_PREFIX)
+    if not ref.startswith(REF_PREFIX) or name not in MODEL_NAMES:
+        valid = ", ".join(REF_PREFIX + n for n in MODEL_NAMES)
+        raise ValueError(f"unknown mini model {ref!r}; valid: {valid}")
+    return name
+
+
+def model_key(ref: str, quick: bool = False) -> str:
+    """The key of the current recipe behind a ref: hash this, never the resolved path."""
+    return recipe_key(default_recipes(quick)[parse_ref(ref)])
+
+
+def resolve_model(ref: str, root: Path | str = DEFAULT_ROOT, quick: bool = False) -> Path:
+    """The directory holding the model built from the CURRENT recipe of `ref` (e.g. 'mini:teacher')."""
+    name = parse_ref(ref)
+    path = Path(root) / dir_name(name, default_recipes(quick)[name])
+    if not (path / RECIPE_FILE).is_file():
+        raise FileNotFoundError(
+            f"{ref}: no model built from its current recipe at {path}; "
+            f"run `compress-distill build-models`{' --quick' if quick else ''} to build it"
+        )
+    return path

@@ -1,0 +1,58 @@
+"""Stage `compress`: a compressor rewrites every verified trace (T=0.3 in the paper).
+
+The compressor output becomes the new reasoning; the raw trace's final answer
+is re-attached unchanged. Requests are sharded in the node's work dir, so a
+killed job resumes without re-asking finished ids.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+
+from ..compression import COMPRESSED_SCHEMA, assemble, compression_inputs, compression_stats
+from ..generation.client import ChatRequest, ClientConfig, Sampling
+from ..generation.sharded import complete_into_shards
+from ..generation.shards import scan
+from ..serving import api_key_env, model_endpoint, tokenizer_ref
+from ..store import write_parquet
+from ..tokenization import load_tokenizer
+from . import StageContext, StageResult
+
+
+def run(ctx: StageContext) -> StageResult:
+    teacher, comp_name = ctx.node.refs["teacher"], ctx.node.refs["compressor"]
+    spec = ctx.config.compressors[comp_name]
+    traces = pq.read_table(ctx.input("verify") / "traces.parquet").to_pylist()
+    requests, req_stats = compression_inputs(spec, traces, traces)  # trace rows carry their question fields
+    shard_dir = ctx.work / "requests"
+    todo = [r for r in requests if r["id"] not in scan(shard_dir).records]
+    if todo:
+        with model_endpoint(spec.model, log_path=ctx.work / "server.log") as ep:
+            cfg = ClientConfig(model=ep.model, base_url=ep.base_url, api_key_env=api_key_env(),
+                               max_concurrency=spec.sampling.batch_size)
+            sampling = Sampling.from_spec(spec.sampling)
+            complete_into_shards(cfg, (ChatRequest(r["id"], [{"role": "user", "content": r["prompt"]}], sampling)
+                                       for r in todo), shard_dir)
+    done = scan(shard_dir).records
+    by_id = {t["id"]: t for t in traces}
+    rows, failed = [], []
+    for r in requests:
+        rec = done.get(r["id"])
+        if rec is None:
+            failed.append(r["id"])  # exhausted retries: in the failed-requests file, counted here
+            continue
+        t = by_id[r["id"]]
+        rows.append(assemble(r["id"], t["response"], rec.get("content") or rec.get("response"),
+                             finish_reason=rec.get("finish_reason"), canonical_answer=t["answer"],
+                             dataset=t["dataset"], domain=t["domain"], teacher=teacher, compressor=comp_name))
+    n = write_parquet(rows, ctx.out / "compressed.parquet", schema=COMPRESSED_SCHEMA)
+    tok = load_tokenizer(tokenizer_ref(spec.tokenizer or spec.model))
+    stats = compression_stats(rows, tok)
+    (ctx.out / "stats.json").write_text(json.dumps(stats, indent=1))
+    overall = next((s for s in stats if s["dataset"] == "Overall"), {})
+    return StageResult({"compressed.parquet": n}, {**req_stats, "failed_requests": len(failed),
+                                                   "mean_rho": overall.get("mean_rho"),
+                                                   "ratio_of_means": overall.get("ratio_of_means")})
+

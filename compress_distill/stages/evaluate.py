@@ -1,0 +1,57 @@
+"""Stage `evaluate`: greedy decoding of one checkpoint on the eval suites, through the served path.
+
+Records (one per question) and the paper's metrics (per-group accuracy with
+SE, overall accuracy, completion tokens, truncation rate, median reasoning
+length, Acc/1k tokens) are published.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from ..extraction import split_think, verify_batch
+from ..generation.client import ChatRequest, ClientConfig, Sampling
+from ..generation.rejection import build_messages
+from ..generation.sharded import complete_into_shards
+from ..generation.shards import scan
+from ..metrics import eval_metrics
+from ..serving import api_key_env, model_endpoint
+from ..store import write_parquet
+from . import StageContext, StageResult
+
+
+def run(ctx: StageContext) -> StageResult:
+    ev = ctx.config.evaluation
+    group_of = {d: g for g, ds in ev.groups.items() for d in ds}
+    questions = [q for q in pq.read_table(ctx.input("prepare", "eval-suite") / "questions.parquet").to_pylist()
+                 if q["dataset"] in group_of]
+    shard_dir = ctx.work / "requests"
+    todo = [q for q in questions if q["id"] not in scan(shard_dir).records]
+    if todo:
+        model_dir = ctx.input("train") / "model"
+        with model_endpoint(str(model_dir), log_path=ctx.work / "server.log") as ep:
+            cfg = ClientConfig(model=ep.model, base_url=ep.base_url, api_key_env=api_key_env(),
+                               max_concurrency=ev.batch_size)
+            sampling = Sampling(temperature=ev.temperature, max_tokens=ev.max_tokens, seed=0)
+            complete_into_shards(cfg, (ChatRequest(q["id"], build_messages(q), sampling) for q in todo), shard_dir)
+    done = scan(shard_dir).records
+    answered = [q for q in questions if q["id"] in done]
+    verdicts = verify_batch([{**q, "response": done[q["id"]]["response"]} for q in answered], workers=1)
+    records = []
+    for q, v in zip(answered, verdicts, strict=True):
+        c = done[q["id"]]
+        split = split_think(c["response"])
+        cut = c.get("finish_reason") == "length" or v.truncated
+        records.append({"id": q["id"], "dataset": q["dataset"], "group": group_of[q["dataset"]],
+                        "correct": bool(v.correct), "truncated": bool(cut), "extracted": v.extracted,
+                        "completion_tokens": int(c.get("completion_tokens") or 0),
+                        "reasoning_chars": len(split.reasoning), "response": c["response"]})
+    missing = len(questions) - len(answered)
+    n = write_parquet(records, ctx.out / "records.parquet")
+    metrics = eval_metrics(records, list(ev.groups)).to_row()
+    Path(ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return StageResult({"records.parquet": n}, {**metrics, "failed_requests": missing})
+
