@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .backends.slurm_cli import Runner, check, run_command
+from .backends.slurm_parse import parsable_rows
 
 TDP_W = 700.0
 PUE = 1.15
@@ -63,13 +64,7 @@ def gpus_from_tres(tres: str) -> int:
 def parse_usage(text: str) -> list[JobUsage]:
     """`sacct -X -D --parsable2 --noheader --format=<USAGE_FIELDS>` -> one JobUsage per attempt."""
     out = []
-    n = len(USAGE_FIELDS)
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split("|", n - 1)
-        if len(parts) != n:
-            raise ValueError(f"unexpected sacct line {line!r}")
+    for parts in parsable_rows(text, len(USAGE_FIELDS)):
         job_id, raw, state, elapsed, tres, submit, name = parts
         out.append(JobUsage(job_id, raw, name, state, float(elapsed) if elapsed.isdigit() else 0.0,
                             gpus_from_tres(tres), submit))

@@ -14,7 +14,7 @@ How a status is decided (see `combine`):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 
 from .base import JobState, JobStatus
@@ -173,19 +173,25 @@ class Attempt:
     steps: dict[str, StepRow] = field(default_factory=dict)
 
 
+def parsable_rows(text: str, n_fields: int) -> Iterator[list[str]]:
+    """The rows of `--parsable2` output, each exactly `n_fields` long (the last field, a job name,
+    may itself contain '|'); blank lines are skipped, any other malformed line is an error."""
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        parts = line.split("|", n_fields - 1)
+        if len(parts) != n_fields:
+            raise ValueError(f"unexpected sacct line {line!r}")
+        yield parts
+
+
 def parse_sacct(text: str) -> list[Attempt]:
     """`sacct -D --parsable2 --noheader --format=<SACCT_FIELDS>` -> attempts, in output order.
 
     A step row ("123.batch") belongs to the job row printed just before it.
     """
     attempts: list[Attempt] = []
-    n = len(SACCT_FIELDS)
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        parts = line.split("|", n - 1)
-        if len(parts) != n:
-            raise ValueError(f"unexpected sacct line {line!r}")
+    for parts in parsable_rows(text, len(SACCT_FIELDS)):
         jid, raw, state, exit_code, nodes, elapsed, submit, reason, name = parts
         unit, dot, step = jid.partition(".")
         if dot:
