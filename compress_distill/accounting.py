@@ -5,14 +5,23 @@ a requeued or preempted run held its GPUs too (`sacct --duplicates`). Energy ass
 each allocated GPU draws its TDP (700 W, H100 SXM) for the whole allocation, times the
 data centre's PUE (1.15); CO2 = energy x grid intensity (default 79 gCO2/kWh; configurable).
 
-`fetch_usage` is the one sacct call; `parse_usage` and `summarize` are pure.
+`fetch_usage` is the one sacct call; `parse_usage`, `summarize` and `table11` are pure.
+`run_jobs` finds the Slurm jobs of a store (the runner leaves a state file per attempt
+under `<store>/<stage>/.jobs/<node>-<key>/`), so the paper's Table 11 is reported from
+measured numbers:
+
+    python -m compress_distill.accounting STORE [--gco2-per-kwh 79]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from .backends.slurm_cli import Runner, check, run_command
 from .backends.slurm_parse import parsable_rows
@@ -106,3 +115,84 @@ def fetch_usage(job_ids: Iterable[str], *, since: str | None = None, runner: Run
     argv = ["sacct", "--noheader", "--parsable2", "--allocations", "--duplicates", f"--starttime={since}",
             f"--jobs={','.join(ids)}", f"--format={','.join(USAGE_FIELDS)}"]
     return parse_usage(check(runner(argv, timeout)).stdout)
+
+
+# --------------------------------------------------------------------------- Table 11 of a store
+
+def run_jobs(store_root: Path | str, backend: str = "slurm") -> dict[str, str]:
+    """Slurm job id -> node id for every job attempt the runner submitted into this store."""
+    out: dict[str, str] = {}
+    for job_dir in sorted(Path(store_root).glob("*/.jobs/*")):
+        try:
+            node = json.loads((job_dir / "job.json").read_text())["node"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for state in sorted(job_dir.glob("*.state.json")):
+            try:
+                rec = json.loads(state.read_text())
+            except (OSError, ValueError):
+                continue
+            if rec.get("backend") == backend and rec.get("job_id"):
+                out[str(rec["job_id"])] = node
+    return out
+
+
+@dataclass(frozen=True)
+class Table11Row:
+    node: str      # e.g. train/mini-teacher.tiny.full.raw
+    stage: str
+    jobs: int      # attempts (a requeued/retried job counts each time)
+    gpus: int      # allocated GPUs of the last attempt
+    hours: float   # wall-clock hours, all attempts
+    gpu_hours: float
+
+
+def table11(usages: Iterable[JobUsage], node_of: Mapping[str, str]) -> list[Table11Row]:
+    """Per node: GPUs, hours and GPU-hours from sacct rows (jobs not in `node_of` are left out)."""
+    by_node: dict[str, list[JobUsage]] = {}
+    for u in usages:
+        node = node_of.get(u.raw_id) or node_of.get(u.job_id)
+        if node is not None:
+            by_node.setdefault(node, []).append(u)
+    rows = []
+    for node, us in by_node.items():
+        us.sort(key=lambda u: u.submit)
+        rows.append(Table11Row(node, node.split("/", 1)[0], len(us), us[-1].gpus,
+                               sum(u.elapsed_s for u in us) / 3600.0, sum(u.gpu_hours for u in us)))
+    order = {"build": 0, "generate": 1, "compress": 2, "judge": 3, "train": 4, "evaluate": 5}
+    return sorted(rows, key=lambda r: (order.get(r.stage, 9), r.node))
+
+
+def format_table11(rows: list[Table11Row], *, gco2_per_kwh: float = GCO2_PER_KWH) -> str:
+    """Markdown: one line per job node, then totals per stage with energy and CO2 (paper H.5)."""
+    lines = ["| node | GPUs | jobs | hours | GPU-hours |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.node} | {r.gpus} | {r.jobs} | {r.hours:.4f} | {r.gpu_hours:.4f} |" for r in rows]
+    lines += ["", f"| stage | jobs | GPU-hours | energy (kWh) | CO2 (kg at {gco2_per_kwh:g} g/kWh) |",
+              "|---|---:|---:|---:|---:|"]
+    stages: dict[str, list[Table11Row]] = {}
+    for r in rows:
+        stages.setdefault(r.stage, []).append(r)
+    for name, rs in [*stages.items(), ("total", rows)]:
+        gh = sum(r.gpu_hours for r in rs)
+        energy, co2 = footprint(gh, gco2_per_kwh=gco2_per_kwh)
+        lines.append(f"| {name} | {sum(r.jobs for r in rs)} | {gh:.4f} | {energy:.4f} | {co2:.5f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m compress_distill.accounting",
+                                 description="Table 11 (GPU-hours per job node, energy, CO2) of a store's "
+                                             "Slurm jobs, measured with one sacct call.")
+    ap.add_argument("store", type=Path)
+    ap.add_argument("--gco2-per-kwh", type=float, default=GCO2_PER_KWH)
+    a = ap.parse_args(argv)
+    node_of = run_jobs(a.store)
+    if not node_of:
+        print(f"no Slurm jobs recorded under {a.store}", file=sys.stderr)
+        return 1
+    sys.stdout.write(format_table11(table11(fetch_usage(node_of), node_of), gco2_per_kwh=a.gco2_per_kwh))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

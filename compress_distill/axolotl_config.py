@@ -85,7 +85,8 @@ ALLOWED_KEYS = frozenset({
     # distributed
     "fsdp_version", "fsdp_config", "ddp_find_unused_parameters",
     # outputs, checkpoints, logging
-    "output_dir", "saves_per_epoch", "save_total_limit", "save_only_model", "save_safetensors",
+    "output_dir", "saves_per_epoch", "save_steps", "save_strategy", "save_total_limit", "save_only_model",
+    "save_safetensors",
     "auto_resume_from_checkpoints", "resume_from_checkpoint", "logging_steps", "evals_per_epoch",
     "use_tensorboard", "dataloader_pin_memory", "dataloader_num_workers",
 })

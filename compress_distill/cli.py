@@ -107,9 +107,30 @@ def plan_document(plan: Plan, store: ArtifactStore) -> dict[str, Any]:
 
 @app.command()
 def plan(config: ConfigArg, store: StoreOpt = None,
-         as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False) -> None:
-    """Print the DAG: nodes, cache status, Slurm resources and estimated GPU-hours."""
+         as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+         simulate: Annotated[bool, typer.Option("--simulate", help="predict the makespan on the cluster profile "
+                                                                 "(scheduler.py) instead of listing nodes")] = False,
+         nodes: Annotated[int | None, typer.Option("--nodes", min=1, help="with --simulate: nodes "
+                                                                          "(default: cluster profile)")] = None,
+         gpus_per_node: Annotated[int | None, typer.Option("--gpus-per-node", min=1, help="with --simulate: GPUs "
+                                                                                          "per node")] = None,
+         job_overhead_h: Annotated[float, typer.Option("--job-overhead-h", min=0.0, help="with --simulate: hours "
+                                                       "added to every GPU job (start latency, model load)")] = 0.0,
+         ) -> None:
+    """Print the DAG: nodes, cache status, Slurm resources and estimated GPU-hours (--simulate: the makespan)."""
     p = _plan(config)
+    if simulate:
+        from .scheduler import simulate_report
+
+        cost = CostModel(measured_hours(p, ArtifactStore(store or p.config.store_root)))
+        try:
+            lines = simulate_report(p, cost, nodes, gpus_per_node, job_overhead_h)
+        except ValueError as err:
+            err_console.print(f"[red]error:[/red] {err}", highlight=False)
+            raise typer.Exit(2) from None
+        for line in lines:
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        return
     doc = plan_document(p, ArtifactStore(store or p.config.store_root))
     if as_json:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
@@ -142,6 +163,82 @@ def explain(config: ConfigArg, node: Annotated[str, typer.Argument(help="node id
         raise typer.Exit(2) from None
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def report(config: ConfigArg, store: StoreOpt = None,
+           out: Annotated[Path | None, typer.Option("--out", help="also copy the report directory here")] = None,
+           ) -> None:
+    """Write the study's report (Markdown, HTML, PNG figures) from the store's committed artifacts.
+
+    The report is the DAG's `report` node: it is produced from what the store holds and is cached
+    like any step; every upstream node must be committed (run the grid first)."""
+    from .runner import RunContext, run_node, snapshot_config
+
+    p = _plan(config)
+    st = ArtifactStore(store or p.config.store_root)
+    rid = next(n for n in p.nodes if p.nodes[n].stage == "report")
+    missing = [d for d in p.nodes[rid].deps
+               if not st.is_done(p.nodes[d].stage, p.nodes[d].name, p.keys[d])]
+    if missing:
+        err_console.print(f"[red]error:[/red] {len(missing)} upstream step(s) not in the store {st.root}, e.g. "
+                          f"{', '.join(missing[:3])}; run `compress-distill run {config}` first", highlight=False)
+        raise typer.Exit(2)
+    outcome = run_node(RunContext(plan=p, store=st, config_path=snapshot_config(p, st)), rid)
+    path = st.root / outcome.path
+    if out is not None:
+        import shutil
+
+        shutil.copytree(path, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+        path = out
+    console.print(f"report ({'cached' if outcome.cached else 'written'}): {path / 'report.md'}", highlight=False)
+
+
+@app.command("build-models")
+def build_models_cmd(
+    names: Annotated[list[str] | None, typer.Argument(help="subset: teacher, compressor-mild, compressor-aggressive, "
+                                                           "student-tiny, student-small (default: all)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="CI-sized recipes (about a minute), into models/mini-quick/")
+                     ] = False,
+    root: Annotated[Path | None, typer.Option("--root", help="models directory (default: models/mini[-quick])")
+                    ] = None,
+    threads: Annotated[int, typer.Option("--threads", min=1, help="torch threads")] = 2,
+    force: Annotated[bool, typer.Option("--force", help="rebuild from scratch even when a model with the same "
+                                                        "recipe key exists; it is replaced only once rebuilt")
+                     ] = False,
+) -> None:
+    """Build the mini world's tokenizer, teacher, compressors and student inits (cached by recipe key)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    from .miniworld.build import build_models
+    from .miniworld.recipes import DEFAULT_ROOT
+    from .serving import QUICK_ROOT
+
+    target = root or (QUICK_ROOT if quick else DEFAULT_ROOT)
+    t0 = time.time()
+    try:
+        if not force:
+            paths = build_models(names or None, quick=quick, threads=threads, root=target)
+        else:
+            import shutil
+            import tempfile
+
+            target.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target, prefix=".rebuild-") as scratch:
+                built = build_models(names or None, quick=quick, threads=threads, root=Path(scratch))
+                paths = {}
+                for name, path in built.items():
+                    final, old = target / path.name, target / f".old-{path.name}"
+                    if final.exists():
+                        final.rename(old)
+                    path.rename(final)
+                    shutil.rmtree(old, ignore_errors=True)
+                    paths[name] = final
+    except ValueError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    for name, path in paths.items():
+        console.print(f"{name}: {path}", highlight=False)
+    console.print(f"done in {time.time() - t0:.0f}s", highlight=False)
 
 
 @app.command()
@@ -191,6 +288,27 @@ def render(config: ConfigArg, outdir: Annotated[Path, typer.Argument(help="direc
     console.print(f"wrote {len(files)} files under {outdir}")
 
 
+@app.command()
+def serve(
+    paper: Annotated[Path, typer.Option(help="config of grid/full (and grid/nightly)")] = Path("configs/paper.yaml"),
+    mini: Annotated[Path, typer.Option(help="config of grid/mini")] = Path("configs/mini.yaml"),
+    nightly: Annotated[Path | None, typer.Option(help="config of grid/nightly (default: --paper)")] = None,
+    store: StoreOpt = None,
+    cron: Annotated[str, typer.Option(help="grid/nightly schedule")] = "0 2 * * *",
+    timezone: Annotated[str | None, typer.Option(help="IANA timezone of --cron (default $COMPRESS_DISTILL_TIMEZONE "
+                                                      "or UTC)")] = None,
+    mini_select: Annotated[list[str] | None, typer.Option("--mini-select", help="AXIS=GLOB for grid/mini")] = None,
+    limit: Annotated[int, typer.Option(help="flow runs executed at once by this process")] = 4,
+    list_only: Annotated[bool, typer.Option("--list", help="print the deployments as JSON and exit")] = False,
+) -> None:
+    """Register grid/full, grid/mini, grid/nightly, grid/retry-failed and run their flow runs (needs PREFECT_API_URL)."""
+    from .flows.deploy import ServeOptions, serve_command
+
+    opts = ServeOptions(paper=paper, mini=mini, nightly=nightly, store=store, cron=cron, timezone=timezone,
+                        mini_select=_parse_select(mini_select), limit=limit)
+    raise typer.Exit(serve_command(opts, list_only=list_only))
+
+
 def _prefect_defaults() -> None:
     # Ephemeral mode starts a throwaway API server per process; give it time on a busy 2-core box.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
@@ -206,17 +324,22 @@ def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
         force: Annotated[list[str] | None, typer.Option("--force", help="node-id glob to re-run, repeatable")] = None,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="resolve the DAG, execute nothing")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print the run summary as JSON")] = False,
+        progress: Annotated[bool | None, typer.Option(
+            "--progress/--no-progress", help="live view on stderr: a bar per stage, the jobs in flight "
+                                             "(default: when stderr is a terminal)")] = None,
         ) -> None:
     """Run the study's DAG through Prefect (ephemeral server unless PREFECT_API_URL is set)."""
     _load(config)  # fail fast with a clean message, before Prefect starts
     _prefect_defaults()
     from .flows.grid import GridFailed, GridParams, grid
+    from .flows.progress import live_progress
 
     params = GridParams(config_path=str(config), select=_parse_select(select), force=force or [],
                         dry_run=dry_run, store_root=str(store) if store else None)
     t0 = time.time()
     try:
-        summary = grid(params)
+        with live_progress(err_console, enabled=err_console.is_terminal if progress is None else progress):
+            summary = grid(params)
     except GridFailed as err:
         err_console.print(f"[red]grid failed[/red] after {time.time() - t0:.0f}s: {err}", highlight=False)
         raise typer.Exit(1) from None

@@ -191,6 +191,13 @@ class DatasetSpec(Strict):
     eval_split: str | None = None
     subset: str | None = None
     limit: int | None = Field(None, ge=1)
+    eval_limit: int | None = Field(None, ge=1)  # rows of eval_split (default: `limit`)
+
+    def limit_for(self, split: str) -> int | None:
+        """How many rows of `split` to load (None: all)."""
+        if split == self.eval_split and self.eval_limit is not None:
+            return self.eval_limit
+        return self.limit
 
 
 class EvaluationSpec(Strict):
@@ -241,9 +248,20 @@ class ClusterProfile(Strict):
     max_concurrent_gpu_jobs: int | None = Field(None, ge=1)
     local_workers: int = Field(2, ge=1)
     jobs: dict[Literal["vllm", "train", "eval", "cpu"], JobResources] = {}
+    # What the serving/eval job templates start before their client: `vllm` (vllm serve);
+    # `cpu`: the project's CPU server (generation/local_server.py) for mini-world models on a
+    # cluster without GPUs (the dev cluster); `stage`: no server in the job, the stage serves
+    # its model itself (one machine). None: vllm on Slurm, stage on the local backend.
+    serve_with: Literal["vllm", "cpu", "stage"] | None = None
 
     def job(self, kind: str) -> JobResources:
         return self.jobs.get(kind, JobResources())  # type: ignore[call-overload]
+
+    @property
+    def server(self) -> Literal["vllm", "cpu", "stage"]:
+        if self.serve_with is not None:
+            return self.serve_with
+        return "stage" if self.backend == "local" else "vllm"
 
 
 class GridBlock(Strict):

@@ -209,7 +209,8 @@ def build_plan(cfg: StudyConfig) -> Plan:
                     {"model": j.model, "max_tokens": j.max_tokens, "max_model_len": j.serve.max_model_len,
                      "original_max_chars": j.original_max_chars, "compressed_max_chars": j.compressed_max_chars,
                      "max_attempts": j.max_attempts},
-                    (comp_ids[cname],), JobSpec("vllm", j.serve.gpus), refs={"teacher": t, "compressor": cname},
+                    (*built(j.model), ver, comp_ids[cname]), JobSpec("vllm", j.serve.gpus),
+                    refs={"teacher": t, "compressor": cname},
                 )))
         for d in sources_by_teacher[t]:
             src = cfg.data_sources[d]

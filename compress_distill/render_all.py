@@ -17,8 +17,9 @@ Each training job first runs `scripts/check_axolotl_labels.py` (in the Axolotl
 env, on a fresh start only), so a chat template that drops the traces fails
 the job instead of silently training answer-only.
 
-The client argv is `compress-distill job --config SNAPSHOT --node NODE_ID`
-unless `client_argv` is given: the serving jobs only need *some* argv.
+The client argv is the runner's own job payload (`python -m
+compress_distill.node_main --config SNAPSHOT --store ROOT --node NODE_ID --out
+ROOT/<stage>/.work/<name>-<key>`) unless `client_argv` is given.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import yaml
 
 from .axolotl_config import AXOLOTL_VERSION, cpu_overlay, dump_yaml, render_axolotl_config
 from .config import StudyConfig, load_config
+from .jobscripts import payload_argv, served_model
 from .plan import Node, build_plan
 from .sbatch import render_eval_job, render_train_job, render_vllm_job
 
@@ -41,24 +43,6 @@ LABEL_CHECK = Path(__file__).resolve().parent.parent / "scripts" / "check_axolot
 SERVE_STAGES = ("generate", "compress", "judge")
 
 
-def default_client_argv(node: Node, config_snapshot: Path) -> list[str]:
-    return ["compress-distill", "job", "--config", str(config_snapshot), "--node", node.id]
-
-
-def _serve_spec(cfg: StudyConfig, node: Node) -> tuple[str, Any]:
-    """(model, serve spec) of a serving node."""
-    if node.stage == "generate":
-        teacher = cfg.teachers[node.name]
-        return teacher.model, teacher.serve
-    if node.stage == "compress":
-        # node name is "<teacher>.<compressor>" and both names may contain dots
-        for tname in cfg.teachers:
-            rest = node.name.removeprefix(f"{tname}.")
-            if rest != node.name and rest in cfg.compressors:
-                return cfg.compressors[rest].model, cfg.compressors[rest].serve
-        raise ValueError(f"compress node {node.name!r} names no known teacher.compressor pair")
-    assert cfg.judge is not None  # judge nodes exist only when it is configured
-    return cfg.judge.model, cfg.judge.serve
 
 
 def render_study(
@@ -76,7 +60,12 @@ def render_study(
     plan = build_plan(cfg)
     root = Path(store_root or cfg.store_root).resolve()
     cpu = cfg.cluster.gpus_per_node == 0 if cpu is None else cpu
-    argv_for = client_argv or default_client_argv
+
+    def payload(node: Node, snapshot: Path) -> list[str]:
+        work = root / node.stage / ".work" / f"{node.name}-{plan.keys[node.id]}"
+        return payload_argv(cfg, node, config_path=snapshot, store_root=root, out=work)
+
+    argv_for = client_argv or payload
     written: list[Path] = []
 
     def write(rel: str, text: str) -> Path:
@@ -92,7 +81,7 @@ def render_study(
     for node in plan.nodes.values():
         if node.stage not in SERVE_STAGES:
             continue
-        model, serve = _serve_spec(cfg, node)
+        model, serve = served_model(cfg, node)
         tag = f"{node.name}-{plan.keys[node.id]}"
         script = render_vllm_job(
             cfg, job_name=f"cd-{node.stage}-{node.name}", model=model, serve=serve,

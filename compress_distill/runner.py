@@ -1,8 +1,10 @@
 """Run one plan node: store lookup -> lease -> execute -> atomic commit. No Prefect here.
 
 CPU nodes run in-process. Job nodes (generation, training, evaluation) run
-`python -m compress_distill.node_main` through a job backend when one is
-given (local subprocess or Slurm), in-process otherwise. Either way the stage
+through a job backend when one is given (local subprocess or Slurm), in-process
+otherwise: the backend runs the node's per-kind job script (jobscripts.py: the
+serving, training or eval template from slurm/templates), whose payload is
+`python -m compress_distill.node_main` for the node. Either way the stage
 writes into a temporary directory that only this module commits.
 """
 
@@ -13,7 +15,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,12 +23,14 @@ from typing import Any
 
 from .backends.base import JobBackend, JobError, JobRequest, JobState, log_tail
 from .backends.watch import JobWatcher
+from .jobscripts import payload_argv, render_node_script
 from .plan import Plan
 from .stages import StageContext, StageResult, stage_function
 from .store import LEASE_TTL_S, ArtifactStore, atomic_write_text, git_revision
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "_result.json"
+PARENT_PID_ENV = "COMPRESS_DISTILL_PARENT_PID"  # node_main exits when this process is gone
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class RunContext:
     extra_env: dict[str, str] = field(default_factory=dict)
     # One watcher per run: a single batched status query per cycle for all live jobs of all threads.
     watcher: JobWatcher | None = None
+    # node id -> JobRequest.priority (scheduler.node_priorities: remaining critical path, minutes)
+    priorities: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.backend is not None and self.watcher is None:
@@ -127,32 +132,58 @@ def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
 
 
 def _run_as_job(ctx: RunContext, node_id: str, tmp: Path) -> str:
+    """Submit the node's per-kind job script (jobscripts.py) and wait for it.
+
+    The script runs `node_main` for this node as its payload (behind a health-gated server
+    for serving/eval nodes, inside the requeue/resume wrapper for train nodes); the backend
+    runs it as a local subprocess or inside a Slurm batch job. Job id, log and node name are
+    logged and handed to `on_job`.
+    """
     assert ctx.backend is not None
     plan, store = ctx.plan, ctx.store
     node = plan.nodes[node_id]
     key = plan.keys[node_id]
     res = plan.config.cluster.job(node.job.kind)
-    job_dir = store.root / node.stage / ".jobs" / f"{node.name}-{key}"
+    job_dir = (store.root / node.stage / ".jobs" / f"{node.name}-{key}").absolute()
     job_dir.mkdir(parents=True, exist_ok=True)
-    log_path = job_dir / f"attempt-{int(time.time())}.log"
+    stamp = int(time.time())
+    log_path = job_dir / f"attempt-{stamp}.log"
+    name = f"cd-{node.stage}-{node.name}-{key}"
+    payload = payload_argv(plan.config, node, config_path=ctx.config_path, store_root=store.root, out=tmp)
+    script = job_dir / f"attempt-{stamp}.sh"
+    atomic_write_text(script, render_node_script(plan, store, node_id, payload=payload, workdir=Path.cwd(),
+                                                 log_dir=job_dir, job_name=name))
     threads = str(res.cpus_per_task)
     req = JobRequest(
-        name=f"cd-{node.stage}-{node.name}-{key}",
-        command=[sys.executable, "-m", "compress_distill.node_main", "--config", str(ctx.config_path),
-                 "--store", str(store.root), "--node", node_id, "--out", str(tmp)],
+        name=name,
+        command=["bash", str(script)],
         workdir=Path.cwd(), log_path=log_path, kind=node.job.kind, gpus=node.job.gpus,
-        cpus=res.cpus_per_task, mem=res.mem, time_limit=res.time_limit,
+        cpus=res.cpus_per_task, mem=res.mem, time_limit=res.time_limit, priority=ctx.priorities.get(node_id),
         # PASSIVE: a multi-thread torch job on shared cores otherwise spins at OpenMP barriers (2-5x slower)
         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
+             # The dead-orchestrator check is for local subprocesses only (LocalBackend sets the pid).
+             # A Slurm job must outlive a restarted orchestrator, which re-attaches to it; only a user
+             # cancel (scancel) stops it. Exported empty so an inherited value cannot stop the job.
+             PARENT_PID_ENV: "",
              **ctx.extra_env},
     )
     assert ctx.watcher is not None
     job_id = ctx.watcher.submit(req)
     atomic_write_text(job_dir / "job.json", json.dumps(
-        {"job_id": job_id, "backend": ctx.backend.name, "log": str(log_path), "submitted_at": time.time()}))
+        {"job_id": job_id, "backend": ctx.backend.name, "node": node_id, "log": str(log_path),
+         "script": str(script), "submitted_at": time.time()}))
+    log.info("%s: %s job %s submitted (%s, %d GPU), log %s", node_id, ctx.backend.name, job_id, node.job.kind,
+             node.job.gpus, log_path)
     if ctx.on_job:
         ctx.on_job(node_id, job_id, log_path)
-    status = ctx.watcher.wait([job_id])[job_id]  # raises JobError (with the log tail) on failure
+    try:
+        status = ctx.watcher.wait([job_id])[job_id]  # raises JobError (with the log tail) on failure
+    except JobError as e:
+        log.error("%s: job %s ended %s on %s, log %s", node_id, job_id, e.status.state.value,
+                  e.status.node or "?", log_path)
+        raise
+    log.info("%s: job %s %s on node %s in %.0fs, log %s", node_id, job_id, status.state.value,
+             status.node or "?", status.elapsed_s or 0.0, log_path)
     if status.state is not JobState.COMPLETED or not (tmp / RESULT_FILE).is_file():
         raise JobError(job_id, status, log_tail(log_path))
     return job_id

@@ -171,6 +171,22 @@ def sbatch_header(res: Resources, job_name: str, log_path: str | Path | None = N
     return [_Quoted(line) for line in lines]
 
 
+# In place of the #SBATCH lines when the runner submits a script through a job backend:
+# there, the resources go on the sbatch command line (backends/slurm_script.py).
+NO_HEADER = [_Quoted("# Resources: on the sbatch command line of the job backend (see the .sbatch file"
+                     " next to the log)")]
+SERVERS = ("vllm", "cpu", "stage")  # stage: no server in the job, the stage serves itself
+# The project's CPU server, started in place of `vllm serve` when SERVER=cpu.
+CPU_SERVER_MODULE = "compress_distill.generation.local_server"
+
+
+def _server_args(server: str, cpu_server_argv: Sequence[str]) -> dict[str, Any]:
+    if server not in SERVERS:
+        raise ValueError(f"server must be one of {', '.join(SERVERS)}; got {server!r}")
+    argv = list(cpu_server_argv) or ["python", "-m", CPU_SERVER_MODULE]
+    return {"server": server, "cpu_server_argv": argv}
+
+
 def _check_env_names(env: Mapping[str, Any]) -> dict[str, Any]:
     for name in env:
         _ident(name)  # fail at the call, not halfway through rendering
@@ -188,64 +204,86 @@ def render_vllm_job(
     workdir: str | Path, log_path: str | Path | None = None, served_model_name: str | None = None,
     client_env: Mapping[str, Any] | None = None, extra_serve_args: Sequence[str] = (),
     kind: str = "vllm", overrides: Mapping[str, Any] | None = None, template_dir: Path | None = None,
+    server: str = "vllm", cpu_server_argv: Sequence[str] = (), log_dir: str | Path | None = None,
+    header: bool = True,
 ) -> str:
-    """A job that serves `model` with vLLM on 127.0.0.1, waits for /health, runs the client, tears down."""
+    """A job that serves `model` with vLLM on 127.0.0.1, waits for /health, runs the client, tears down.
+
+    `server="cpu"`: the project's CPU server (`cpu_server_argv`, default `python -m
+    compress_distill.generation.local_server`) instead of vLLM, for mini-world models on
+    a cluster without GPUs. `log_dir`: where the server log goes (default `workdir`).
+    `header=False`: no #SBATCH lines (a job backend puts the resources on sbatch's argv).
+    """
     if not client_argv:
         raise ValueError("client_argv is empty: the serving job needs a client command to run")
     res = resolve_resources(cfg.cluster, kind, serve.gpus, overrides)
     return _render(
-        "vllm_job.sh.j2", template_dir, header=sbatch_header(res, job_name, log_path), res=res,
-        model=model, served_model_name=served_model_name or model, serve=serve,
+        "vllm_job.sh.j2", template_dir, header=sbatch_header(res, job_name, log_path) if header else NO_HEADER,
+        res=res, model=model, served_model_name=served_model_name or model, serve=serve,
         client_argv=list(client_argv), client_env=_check_env_names(client_env or {}),
-        extra_serve_args=list(extra_serve_args), workdir=str(workdir),
+        extra_serve_args=list(extra_serve_args), workdir=str(workdir), log_dir=str(log_dir or workdir),
+        **_server_args(server, cpu_server_argv),
     )
 
 
 def render_train_job(
-    cfg: StudyConfig, cell: Cell, *, job_name: str, axolotl_config: str | Path, output_dir: str | Path,
+    cfg: StudyConfig, cell: Cell | None, *, job_name: str, axolotl_config: str | Path, output_dir: str | Path,
     workdir: str | Path, log_path: str | Path | None = None, launcher: str = "torchrun",
     preflight: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-    template_dir: Path | None = None,
+    template_dir: Path | None = None, trainer_argv: Sequence[str] = (), gpus: int | None = None,
+    header: bool = True,
 ) -> str:
     """One-node Axolotl training with `--requeue`, a USR1 self-requeue and checkpoint auto-resume.
 
     `preflight`: a script run as `python PREFLIGHT AXOLOTL_CONFIG` in the job's environment
     before a fresh start (scripts/check_axolotl_labels.py); a non-zero exit fails the job.
+    `trainer_argv`: a command that trains instead of the Axolotl launcher (the runner's
+    node_main for `training.backend: trl`); `cell` may then be None with `gpus` given
+    (e.g. a mini-world build node). `header=False`: no #SBATCH lines.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}; got {launcher!r}")
-    res = resolve_resources(cfg.cluster, "train", cell.gpus, overrides)
+    if gpus is None:
+        if cell is None:
+            raise ValueError("render_train_job needs a cell or gpus")
+        gpus = cell.gpus
+    res = resolve_resources(cfg.cluster, "train", gpus, overrides)
     extra = ["--requeue", f"--signal=B:USR1@{res.requeue_signal_s}", "--open-mode=append"]
     return _render(
-        "train_axolotl.sh.j2", template_dir, header=sbatch_header(res, job_name, log_path, extra), res=res,
+        "train_axolotl.sh.j2", template_dir,
+        header=sbatch_header(res, job_name, log_path, extra) if header else NO_HEADER, res=res,
         axolotl_config=str(axolotl_config), output_dir=str(output_dir),
-        nproc=max(cell.gpus, 1), launcher=launcher, workdir=str(workdir),
-        preflight=str(preflight) if preflight else "",
+        nproc=max(gpus, 1), launcher=launcher, workdir=str(workdir),
+        preflight=str(preflight) if preflight else "", trainer_argv=list(trainer_argv),
     )
 
 
 def render_eval_job(
     cfg: StudyConfig, cell: Cell, *, job_name: str, checkpoint: str | Path, client_argv: Sequence[str],
     workdir: str | Path, log_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-    template_dir: Path | None = None,
+    template_dir: Path | None = None, server: str = "vllm", cpu_server_argv: Sequence[str] = (),
+    log_dir: str | Path | None = None, merged: bool = False, header: bool = True,
 ) -> str:
     """Serve one trained checkpoint with vLLM (greedy, the evaluation token cap) and run the eval client.
 
     The client always asks for the model `student` (CD_SERVED_MODEL). A LoRA cell
     serves the base model with the adapter attached under that name
-    (`--enable-lora`), so no merge step is needed.
+    (`--enable-lora`), so no merge step is needed. `merged=True` (the CPU trainer
+    saves LoRA merged into the weights) and `server="cpu"` serve the checkpoint itself.
     """
     ev = cfg.evaluation
     method = cfg.method_for(cell.student, cell.method)
     student = cfg.students[cell.student]
-    lora_rank = method.lora.r if method.lora else None
+    lora_rank = method.lora.r if method.lora and not merged and server == "vllm" else None
     if not client_argv:
         raise ValueError("client_argv is empty: the eval job needs an eval client command to run")
     res = resolve_resources(cfg.cluster, "eval", ev.serve.gpus, overrides)
     return _render(
-        "eval_job.sh.j2", template_dir, header=sbatch_header(res, job_name, log_path), res=res,
-        model=student.model if lora_rank else str(checkpoint), checkpoint=str(checkpoint),
-        lora_rank=lora_rank, served_model_name="student-base" if lora_rank else "student", serve=ev.serve, client_argv=list(client_argv),
+        "eval_job.sh.j2", template_dir, header=sbatch_header(res, job_name, log_path) if header else NO_HEADER,
+        res=res, model=student.model if lora_rank else str(checkpoint), checkpoint=str(checkpoint),
+        lora_rank=lora_rank, served_model_name="student-base" if lora_rank else "student", serve=ev.serve,
+        client_argv=list(client_argv),
         client_env=_check_env_names({"CD_EVAL_MAX_TOKENS": ev.max_tokens, "CD_EVAL_TEMPERATURE": ev.temperature}),
-        extra_serve_args=[], workdir=str(workdir),
+        extra_serve_args=[], workdir=str(workdir), log_dir=str(log_dir or workdir),
+        **_server_args(server, cpu_server_argv),
     )

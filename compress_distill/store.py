@@ -190,9 +190,10 @@ class ArtifactStore:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             cur = _read_json(path)
-            if cur is not None and cur.get("expires", 0) > time.time():
+            if cur is not None and cur.get("expires", 0) > time.time() and not _holder_is_dead(cur):
                 return False
-            # Expired (holder died) or unreadable half-written file: break it, then race again.
+            # Expired, held by a dead process of this host, or an unreadable half-written file:
+            # break it, then race again.
             with contextlib.suppress(FileNotFoundError):
                 stale = path.with_name(f"{path.name}.{token}.stale")
                 os.rename(path, stale)
@@ -201,6 +202,21 @@ class ArtifactStore:
         with os.fdopen(fd, "w") as f:
             f.write(body)
         return True
+
+
+def _holder_is_dead(lease: Mapping[str, Any]) -> bool:
+    """True when the holder is a process of this host that no longer exists: a crashed run's
+    lease is broken at once instead of after its TTL. Other hosts' holders wait for the TTL."""
+    host, _, pid = str(lease.get("owner", "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

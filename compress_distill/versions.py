@@ -10,7 +10,7 @@ CODE_VERSIONS: dict[str, str] = {
     "generate": "1",
     "verify": "1",
     "compress": "1",
-    "judge": "1",
+    "judge": "2",
     "derive": "1",
     "train": "1",
     "evaluate": "1",

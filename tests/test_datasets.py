@@ -385,9 +385,11 @@ def test_prepare_questions_writes_tables_and_counts(tmp_path: Path) -> None:
 
 def test_mini_config_prepares_offline(tmp_path: Path) -> None:
     cfg = load_config(REPO / "configs" / "mini.yaml")
-    small = {k: v.model_copy(update={"limit": 10}) for k, v in cfg.datasets.items()}
-    stats = prepare_questions(small, "train", tmp_path)
-    assert stats["questions"] == 30 and stats["quarantined"] == 0
+    small = {k: v.model_copy(update={"limit": 10, "eval_limit": 4}) for k, v in cfg.datasets.items()}
+    stats = prepare_questions(small, "train", tmp_path / "train")
+    assert stats["questions"] == 10 * len(small) and stats["quarantined"] == 0
+    stats = prepare_questions(small, "eval", tmp_path / "eval")  # eval_limit applies to eval_split only
+    assert stats["questions"] == 4 * len(small) and stats["quarantined"] == 0
 
 
 def test_render_question_matches_the_teacher_prompt() -> None:

@@ -67,3 +67,31 @@ def test_mini_ci_grid_runs_end_to_end(tmp_path: Path) -> None:
                            timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads(again.stdout)["ran"] == []
+
+    undocumented = undocumented_parquet(store, (REPO / "README.md").read_text())
+    assert not undocumented, f"README's Parquet section misses: {undocumented}"
+
+    rep = subprocess.run([sys.executable, "-m", "compress_distill.cli", "report", str(CONFIGS / "mini-ci.yaml"),
+                          "--store", str(store), "--out", str(tmp_path / "rep")], capture_output=True, text=True,
+                         cwd=REPO, env=env, timeout=300)
+    assert rep.returncode == 0 and "cached" in rep.stdout, rep.stderr[-2000:]
+    assert (tmp_path / "rep" / "report.md").read_text() == md
+
+
+def undocumented_parquet(store: Path, readme: str) -> list[str]:
+    """`stage/file.parquet[:column]` for every published table or column the README does not describe."""
+    section = readme.split("## Parquet artifacts and their schemas", 1)[1].split("\n## ", 1)[0]
+    blocks = {}
+    for block in section.split("\n#### ")[1:]:
+        head, _, body = block.partition("\n")
+        for path in head.split("`")[1::2]:  # a heading may name several files that share one column list
+            blocks[(path.split("/", 1)[0], path.rsplit("/", 1)[1])] = body
+    missing = []
+    for f in sorted(store.glob("*/*/*.parquet")):
+        stage = f.parent.parent.name
+        body = blocks.get((stage, f.name))
+        if body is None:
+            missing.append(f"{stage}/{f.name}")
+            continue
+        missing += [f"{stage}/{f.name}:{c}" for c in pq.read_schema(f).names if f"`{c}`" not in body]
+    return sorted(set(missing))

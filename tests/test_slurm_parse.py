@@ -146,6 +146,9 @@ def test_name_with_separator_survives() -> None:
     ("4", FAILED, "", S.FAILED, 3, 0),
     # job COMPLETED but its batch step missing (accounting not complete): not success
     ("9", "9|9|COMPLETED|0:0|node1|1|2026-11-23T00:00:00|None|x\n", "", S.UNKNOWN, 0, 0),
+    # job COMPLETED while accounting still shows its batch step RUNNING: poll again, not a failure
+    ("9", "9|9|COMPLETED|0:0|node1|1|2026-11-23T00:00:00|None|x\n"
+          "9.batch|9.batch|RUNNING|0:0|node1|1|2026-11-23T00:00:00||batch\n", "", S.UNKNOWN, 0, 0),
     # job COMPLETED but the batch step was OOM-killed
     ("9", "9|9|COMPLETED|0:0|node1|1|2026-11-23T00:00:00|None|x\n"
           "9.batch|9.batch|OUT_OF_MEMORY|0:125|node1|1|2026-11-23T00:00:00||batch\n", "", S.OUT_OF_MEMORY, 125, 0),

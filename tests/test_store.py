@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -63,6 +66,24 @@ def test_lease_is_exclusive_and_released(tmp_path: Path) -> None:
                 pass
     with store.lease("s", "n", "k", timeout_s=0.3):
         pass
+
+
+def test_live_lease_of_a_dead_local_process_is_broken_at_once(tmp_path: Path) -> None:
+    """A crashed run (kill -9) must not block its successor for the whole TTL."""
+    store = ArtifactStore(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(proc.stdout)
+    lease = tmp_path / "s" / ".locks" / "n-k.lease"
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps({"token": "dead", "owner": f"{socket.gethostname()}:{dead_pid}",
+                                 "expires": time.time() + 3600}))
+    with store.lease("s", "n", "k", timeout_s=2, poll_s=0.05):
+        assert json.loads(lease.read_text())["token"] != "dead"
+    # a live holder on another host is respected until its TTL
+    lease.write_text(json.dumps({"token": "x", "owner": "elsewhere:1", "expires": time.time() + 3600}))
+    with pytest.raises(LeaseTimeout):
+        with store.lease("s", "n", "k", timeout_s=0.3, poll_s=0.05):
+            pass
 
 
 def test_expired_lease_of_a_dead_holder_is_broken(tmp_path: Path) -> None:

@@ -56,6 +56,11 @@ class JobRequest:
     # A job array ("0-9", "0-99%8", "1,3,5"): one id, one task per index; each task gets
     # SLURM_ARRAY_TASK_ID and logs to array_task_log(log_path, index). None = a single job.
     array: str | None = None
+    # Higher runs first among this run's queued jobs: the node's longest remaining path in
+    # minutes (scheduler.node_priorities). Slurm: --nice (slurm_script.nice_for); local: the
+    # start order of queued jobs. None = the backend's default (no --nice, i.e. nice 0;
+    # locally: ahead of prioritised jobs, in submit order).
+    priority: int | None = None
 
 
 @dataclass(frozen=True)

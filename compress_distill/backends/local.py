@@ -6,8 +6,10 @@ i: array_task_log(log_path, i), with SLURM_ARRAY_TASK_ID=i), the same header/foo
 lines in the log and the same state file (common.py). Each job gets its own session
 (process group), so cancel and time limits kill everything it started.
 
-At most `max_workers` processes run at once; `submit` blocks until a slot frees. A
-small daemon thread reaps processes, enforces `time_limit` (-> TIMEOUT) and starts
+At most `max_workers` processes run at once; `submit` blocks until a slot frees. When
+several submitters wait (the flow's threads), the queued job with the highest
+`JobRequest.priority` starts first (None counts as highest, like Slurm's default nice 0;
+ties: submit order), as Slurm does with --nice. A small daemon thread reaps processes, enforces `time_limit` (-> TIMEOUT) and starts
 queued array tasks; it exits when nothing is left.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import signal
 import socket
@@ -200,7 +203,7 @@ class LocalBackend:
                     self._signal(t, signal.SIGTERM, JobState.TIMEOUT, now)
                 elif t.term_sent is not None and now - t.term_sent > self.kill_grace_s:
                     self._signal(t, signal.SIGKILL, t.why_killed or JobState.CANCELLED, now)
-        for job in sorted(self._jobs.values(), key=lambda j: j.order):
+        for job in sorted(self._jobs.values(), key=_start_rank):
             job_running = sum(t.state is JobState.RUNNING for t in job.tasks)
             for t in job.tasks:
                 if running >= self.max_workers:
@@ -263,6 +266,12 @@ class LocalBackend:
         if not job.recorded and all(x.state.terminal for x in job.tasks):
             job.recorded = True
             write_state(job.req.log_path, final_record(self._status(job.job_id)))
+
+
+def _start_rank(job: _Job) -> tuple[float, int]:
+    """Queued jobs start highest priority first (None: highest), then in submit order."""
+    p = job.req.priority
+    return (-math.inf if p is None else -p, job.order)
 
 
 def _log_line(f: IO[bytes], text: str) -> None:

@@ -31,6 +31,7 @@ from .slurm_cli import CommandResult, Runner, SlurmCommandError, check, is_trans
 from .slurm_script import GpuRequest, SlurmOptions, job_name, render_script, sbatch_argv
 
 log = logging.getLogger(__name__)
+REQUEUE_SIGNAL_S = 600  # seconds before the time limit that USR1 arrives (as sbatch.REQUEUE_SIGNAL_S)
 
 _LIVE = (JobState.PENDING, JobState.RUNNING, JobState.REQUEUED)
 
@@ -70,9 +71,13 @@ class SlurmBackend:
 
     @classmethod
     def from_profile(cls, profile: Any, **kwargs: Any) -> SlurmBackend:
-        """From a config.ClusterProfile (partition, account, qos, gpu_request, gpu_type)."""
+        """From a config.ClusterProfile (partition, account, qos, gpu_request, gpu_type).
+
+        Jobs are submitted with `--requeue --signal=B:USR1@600`: a job near its time limit
+        gets USR1 (the train template requeues itself and resumes from its checkpoint; a
+        serving job's client resumes from its request shards), unless kwargs say otherwise."""
         base = {k: getattr(profile, k) for k in ("partition", "account", "qos", "gpu_request", "gpu_type")}
-        return cls(**{**base, **kwargs})
+        return cls(**{"requeue": True, "signal_before_s": REQUEUE_SIGNAL_S, **base, **kwargs})
 
     # ------------------------------------------------------------------ submit
 

@@ -217,7 +217,10 @@ def attempt_status(a: Attempt, restarts: int = 0) -> JobStatus:
         else:
             b_state, _ = map_state(batch.state)
             b_exit = parse_exit_code(batch.exit_code)
-            if b_state is not JobState.COMPLETED or b_exit not in (0, None):
+            if not b_state.terminal:
+                # slurmctld finished the job before accounting closed its step: ask again
+                state, reason = JobState.UNKNOWN, f"accounting still shows the .batch step {batch.state}"
+            elif b_state is not JobState.COMPLETED or b_exit not in (0, None):
                 state = b_state if b_state.terminal and b_state is not JobState.COMPLETED else JobState.FAILED
                 exit_code = b_exit
                 reason = f".batch step ended {batch.state} (exit {batch.exit_code})"

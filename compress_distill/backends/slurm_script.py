@@ -24,6 +24,13 @@ from .base import JobRequest
 from .common import array_task_log, check_env
 
 GpuRequest = Literal["gpus-per-node", "gres"]
+# JobRequest.priority (minutes of remaining critical path) -> --nice=NICE_CEILING - priority.
+# Nice only LOWERS a job's priority for a non-admin user, so the most urgent job gets the
+# smallest nice. 10,000 min (~167 h) is above the paper DAG's longest path (~53 h); any
+# longer path ties at nice 0. With priority/basic (FIFO) nice is subtracted from the
+# submit-order priority, so it dominates submit order; with priority/multifactor it is
+# subtracted from the weighted sum (sites weigh it against fair share and age).
+NICE_CEILING = 10_000
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._+=:@-]+")
 
 
@@ -81,6 +88,13 @@ def gpu_args(gpus: int, opts: SlurmOptions) -> list[str]:
     return [f"--gpus-per-node={typed}"]
 
 
+def nice_for(priority: int | None) -> int | None:
+    """The --nice value that carries a JobRequest.priority (None: no --nice)."""
+    if priority is None:
+        return None
+    return max(0, NICE_CEILING - int(priority))
+
+
 def sbatch_argv(req: JobRequest, opts: SlurmOptions, script: Path) -> list[str]:
     """The sbatch command line (argv, no shell) that submits `script` for `req`."""
     argv = ["sbatch", "--parsable", f"--job-name={job_name(req.name)}",
@@ -99,6 +113,9 @@ def sbatch_argv(req: JobRequest, opts: SlurmOptions, script: Path) -> list[str]:
         argv.append(f"--signal=B:USR1@{opts.signal_before_s}")
     if req.array is not None:
         argv.append(f"--array={req.array}")
+    nice = nice_for(req.priority)
+    if nice is not None:
+        argv.append(f"--nice={nice}")
     argv += list(opts.extra_args)
     argv.append(str(script))
     return argv

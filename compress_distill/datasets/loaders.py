@@ -97,7 +97,8 @@ def _synthetic_rows(name: str, spec: DatasetSpec, split: str, seed: int) -> list
     except ImportError as err:
         raise DatasetLoadError(f"dataset {name}: source {spec.source!r} needs compress_distill.miniworld "
                                f"(the mini world), which cannot be imported: {err}") from err
-    n = spec.limit if spec.limit is not None else world.pool_size(domain, split)
+    limit = spec.limit_for(split)
+    n = limit if limit is not None else world.pool_size(domain, split)
     return [dict(q) for q in world.generate_questions(domain, split, n, seed)]
 
 
@@ -120,7 +121,7 @@ def _hf_rows(name: str, spec: DatasetSpec, split: str, entry: DatasetEntry | Non
 
 
 def native_rows(name: str, spec: DatasetSpec, split: str, seed: int = 0) -> list[dict[str, Any]]:
-    """The rows of one split in the source's own format, `limit` applied."""
+    """The rows of one split in the source's own format, `limit` (or `eval_limit`) applied."""
     if spec.source.startswith(SYNTHETIC):
         return _synthetic_rows(name, spec, split, seed)  # `limit` is the sample size there
     if is_local(spec.source):
@@ -128,8 +129,9 @@ def native_rows(name: str, spec: DatasetSpec, split: str, seed: int = 0) -> list
     else:
         rows = _hf_rows(name, spec, split, lookup(name, spec.source, spec.subset))
     out: list[dict[str, Any]] = []
+    limit = spec.limit_for(split)
     for row in rows:
-        if spec.limit is not None and len(out) >= spec.limit:
+        if limit is not None and len(out) >= limit:
             break
         out.append(dict(row))
     return out
@@ -226,7 +228,7 @@ def prepare_questions(datasets: Mapping[str, DatasetSpec | Mapping[str, Any]], s
         kept = len(rows) - len(rejected)
         per[name] = {"split": split, "source": spec.source, "loaded": len(rows), "good": kept,
                      "quarantined": len(rejected), "reasons": reason_counts(rejected)}
-        if entry is not None and entry.paper_sizes and spec.limit is None:
+        if entry is not None and entry.paper_sizes and spec.limit_for(split) is None:
             expected = entry.paper_sizes[0 if split_kind == "train" else 1]
             per[name]["paper_count"] = expected
         if rejected:

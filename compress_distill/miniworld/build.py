@@ -12,6 +12,7 @@ The repo ships the full build in `models/mini/`, so the main command finds it ca
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ from compress_distill.miniworld.world import (
     chat_prompt,
     compress_turn,
     generate_questions,
+    prompt_text,
     user_turn,
 )
 
@@ -141,14 +143,14 @@ def _teacher(recipe: TeacherRecipe, tok_dir: Path, quick: bool) -> Callable[[Pat
         qs = [q for d in recipe.domains for q in generate_questions(d, "train", recipe.n_train_per_domain,
                                                                      seed=recipe.data_seed)]
         v_prompts, v_targets, wrong = [], [], 0
-        for q in qs:
+        for q in qs * recipe.traces_per_question:
             is_wrong = rng.random() < recipe.error_rate
             trace, ans = verbose_trace(q, rng, wrong=is_wrong)
             wrong += is_wrong
             # Half the verbose prompts carry the explicit tag: a plain question and "Style: verbose" agree.
-            v_prompts.append(chat_prompt(user_turn(q["question"], rng.choice(["plain", "verbose"]))))
+            v_prompts.append(chat_prompt(user_turn(prompt_text(q), rng.choice(["plain", "verbose"]))))
             v_targets.append(assistant_text(trace, ans))
-        c_prompts = [chat_prompt(user_turn(q["question"], "concise")) for q in qs]
+        c_prompts = [chat_prompt(user_turn(prompt_text(q), "concise")) for q in qs]
         c_targets = [assistant_text(concise_trace(q, "mild"), q["answer"]) for q in qs]
         n_verbose = recipe.verbose_per_batch
         streams = [Stream(encode_pairs(tok, v_prompts, v_targets), n_verbose),
@@ -160,7 +162,8 @@ def _teacher(recipe: TeacherRecipe, tok_dir: Path, quick: bool) -> Callable[[Pat
         if not quick:
             stats["eval_t0.7"] = teacher_accuracy(model, tok, ev, temperature=0.7, seed=1)
         log.info("teacher eval %s", {k: v for k, v in stats.items() if k.startswith("eval")})
-        stats.update(params=sum(p.numel() for p in model.parameters()), wrong_traces=wrong, examples=len(qs))
+        stats.update(params=sum(p.numel() for p in model.parameters()), wrong_traces=wrong,
+                     verbose_examples=len(v_targets), questions=len(qs))
         set_sampling_defaults(model, recipe.kind)
         model.save_pretrained(tmp)
         _copy_tokenizer(tok_dir, tmp)
@@ -176,7 +179,7 @@ def _compressor(recipe: CompressorRecipe, teacher_dir: Path, tok_dir: Path, quic
         domains = recipe.teacher.domains
         qs = [q for d in domains for q in generate_questions(d, "train", recipe.n_train_per_domain,
                                                               seed=recipe.data_seed)]
-        prompts = [chat_prompt(compress_turn(q["question"], verbose_trace(q, rng)[0])) for q in qs]
+        prompts = [chat_prompt(compress_turn(prompt_text(q), verbose_trace(q, rng)[0])) for q in qs]
         targets = [concise_trace(q, recipe.level) for q in qs]  # plain text: the stage re-appends the answer
         stream = Stream(encode_pairs(tok, prompts, targets), recipe.train.batch_size)
         stats = train_lm(model, [stream], recipe.train, tok.pad_token_id, name=f"compressor-{recipe.level}")
@@ -230,6 +233,8 @@ def build_models(names: list[str] | None = None, quick: bool = False, threads: i
             out[name] = _commit(root, name, recipe, write)
     finally:
         torch.set_num_threads(prev_threads)
+        with contextlib.suppress(OSError):  # only when empty: a crashed build's debris stays visible
+            (root / ".tmp").rmdir()
     return out
 
 

@@ -31,6 +31,7 @@ from compress_distill.miniworld.world import (
     compress_turn,
     generate_questions,
     parse_answer,
+    prompt_text,
     think_of,
     user_turn,
 )
@@ -73,7 +74,7 @@ def _per_domain(questions: list[Question], hits: list[bool]) -> dict[str, float]
 
 def teacher_accuracy(model, tok, questions: list[Question], style: str = "plain",
                      temperature: float | None = None, seed: int = 0, max_new: int = 200) -> dict:
-    texts = generate(model, tok, [chat_prompt(user_turn(q["question"], style)) for q in questions],  # type: ignore[arg-type]
+    texts = generate(model, tok, [chat_prompt(user_turn(prompt_text(q), style)) for q in questions],  # type: ignore[arg-type]
                      temperature, max_new, seed=seed)
     hits = [parse_answer(t) == q["answer"] for t, q in zip(texts, questions, strict=True)]
     lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
@@ -90,7 +91,7 @@ def rejection_yield(model, tok, questions: list[Question], rounds: int = 3, temp
     for r in range(rounds):
         if not pending:
             break
-        texts = generate(model, tok, [chat_prompt(q["question"]) for q in pending], temperature, seed=seed + r)
+        texts = generate(model, tok, [chat_prompt(prompt_text(q)) for q in pending], temperature, seed=seed + r)
         ok = [parse_answer(t) == q["answer"] for t, q in zip(texts, pending, strict=True)]
         per_round.append({"round": r + 1, "asked": len(pending), "correct": sum(ok),
                           "yield": round(sum(ok) / len(pending), 3)})
@@ -113,7 +114,7 @@ def compressor_stats(model, tok, questions: list[Question], seed: int = 0, tempe
     """Compress fresh correct verbose traces; report answer kept and rho = compressed / verbose chars."""
     rng = random.Random(seed)
     traces = [verbose_trace(q, rng)[0] for q in questions]
-    prompts = [chat_prompt(compress_turn(q["question"], t)) for q, t in zip(questions, traces, strict=True)]
+    prompts = [chat_prompt(compress_turn(prompt_text(q), t)) for q, t in zip(questions, traces, strict=True)]
     texts = generate(model, tok, prompts, temperature, max_new, seed=seed)
     kept = [compressed_answer(c, q["answer_type"]) == q["answer"] for c, q in zip(texts, questions, strict=True)]
     rho = [len(c) / len(t) for c, t in zip(texts, traces, strict=True)]
@@ -151,8 +152,8 @@ def main() -> None:
         log.info("teacher %s %s", key, res[f"teacher_{key}"])
     res["rejection"] = rejection_yield(model, tok, train, rounds=3)
     log.info("rejection %s", res["rejection"])
-    sample = generate(model, tok, [chat_prompt(test[0]["question"])], 0.7, seed=3)[0]
-    res["teacher_sample"] = {"question": test[0]["question"], "text": sample, "think": think_of(sample)}
+    sample = generate(model, tok, [chat_prompt(prompt_text(test[0]))], 0.7, seed=3)[0]
+    res["teacher_sample"] = {"question": prompt_text(test[0]), "text": sample, "think": think_of(sample)}
     for level in ("mild", "aggressive"):
         model, tok = _load(f"mini:compressor-{level}", a.root)
         res[f"compressor_{level}"] = compressor_stats(model, tok, test)

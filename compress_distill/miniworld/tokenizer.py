@@ -23,6 +23,7 @@ from compress_distill.miniworld.world import (
     assistant_text,
     compress_turn,
     generate_questions,
+    prompt_text,
     user_turn,
 )
 
@@ -70,12 +71,12 @@ def _raw_corpus(n_per_domain: int, seed: int) -> Iterator[str]:
         for q in generate_questions(name, "train", n_per_domain, seed=seed):
             yield from ("user\n", "assistant\n")  # the chat roles, as often as turns occur
             verbose, ans = verbose_trace(q, rng, wrong=rng.random() < 0.3)
-            yield user_turn(q["question"], "concise")
-            yield user_turn(q["question"], "verbose")
+            yield user_turn(prompt_text(q), "concise")
+            yield user_turn(prompt_text(q), "verbose")
             yield assistant_text(verbose, ans)
             yield assistant_text(concise_trace(q, "mild"), q["answer"])
             yield concise_trace(q, "aggressive")
-            yield compress_turn(q["question"], verbose)
+            yield compress_turn(prompt_text(q), verbose)
 
 
 def train_tokenizer(vocab_size: int = 600, n_per_domain: int = 1000, seed: int = 0) -> PreTrainedTokenizerFast:

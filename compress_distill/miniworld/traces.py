@@ -7,11 +7,9 @@ A verbose trace (~100 tokens) has three parts:
 3. a fixed computation chain: re-copy the operands, extract digits, compute, re-check,
    "at first I thought W, but that is wrong", conclude.
 
-WHY this order: measured on this task, a 0.86M model copies digits reliably only at
-fixed offsets from a cue it can match (a restated operand, "(", "A)"); when optional
-sentences sat between the question and the digit extraction the verbose mode stayed
-near chance for 1,500 steps while the concise mode was perfect. So the randomness
-lives in the deliberation block and the chain re-copies its operands from a cue.
+The chain re-copies its operands right after a cue it can match (the restated "(a + b)",
+"compare a and b", "A) 3"), so the digits it extracts sit at fixed offsets from their
+source; the randomness lives in the restatement and the deliberation block.
 
 `wrong=True` makes one mistake at the chain's decision point (a sum off by one, a
 flipped comparison or parity, a dropped minimum) and carries it through to a

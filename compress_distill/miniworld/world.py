@@ -5,18 +5,20 @@
 | add     | What is (47 + 38) mod 10?                       | numeric     | math        |
 | cmp     | Which is larger, 47 or 52?                      | numeric     | science     |
 | par     | Is 3861 even?                                   | boolean     | commonsense |
-| min     | Which is the smallest? A) 7 B) 3 C) 9 D) 5      | letter      | logic       |
+| min     | Which option has the smallest number? + A) 7 .. | letter      | logic       |
 
 Every domain's question space is enumerated exhaustively and each question is put
-in `test` or `train` by a hash of its text, so the held-out split is disjoint from
-training by construction and independent of `n` and `seed`. Ids are content hashes,
-stable across runs and sample sizes. Operands are two-digit (add) or four-digit (par)
+in `test` or `train` by a hash of its rendered text (`prompt_text`: the question plus
+its `A) ...` option lines, exactly as the pipeline renders it for the teacher), so the
+held-out split is disjoint from training by construction and independent of `n` and
+`seed`. Ids are content hashes, stable across runs and sample sizes. Operands are two-digit (add) or four-digit (par)
 so that test questions are new strings whose underlying skill (the digit table, the
 last digit) is still covered by training.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import random
 import re
@@ -71,25 +73,36 @@ def _enumerate(name: str) -> list[tuple[str, list[str] | None, str]]:
         return [(f"Is {n} even?", None, "yes" if n % 2 == 0 else "no") for n in range(100, 10000)]
     if name == "min":
         out: list[tuple[str, list[str] | None, str]] = []
-        for digits in permutations(range(10), 4):
+        for digits in permutations(range(10), 4):  # the options live in `choices`, as for real MC data
             choices = [str(d) for d in digits]
-            opts = " ".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(choices))
-            out.append((f"Which is the smallest? {opts}", choices, LETTERS[digits.index(min(digits))]))
+            out.append(("Which option has the smallest number?", choices, LETTERS[digits.index(min(digits))]))
         return out
     raise ValueError(f"unknown mini-world domain {name!r}; known: {', '.join(DOMAINS)}")
 
 
-def _digest(name: str, question: str) -> str:
-    return hashlib.sha256(f"{name}|{question}".encode()).hexdigest()
+def render(question: str, choices: list[str] | None) -> str:
+    """The question, then one `A) option` line per choice: the pipeline's rendering of a question
+    (datasets.schema.render_question), which is what the teacher is trained and prompted on."""
+    if not choices:
+        return question
+    return question + "\n\n" + "\n".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(choices))
 
 
-def split_of(name: str, question: str) -> Split:
-    """The split a question belongs to, decided by its text alone."""
-    return "test" if int(_digest(name, question)[:8], 16) % TEST_BUCKETS == 0 else "train"
+def prompt_text(q: Question) -> str:
+    return render(q["question"], q["choices"])
 
 
-def question_id(name: str, question: str) -> str:
-    return f"{name}-{_digest(name, question)[:12]}"
+def _digest(name: str, text: str) -> str:
+    return hashlib.sha256(f"{name}|{text}".encode()).hexdigest()
+
+
+def split_of(name: str, text: str) -> Split:
+    """The split a question belongs to, decided by its rendered text alone."""
+    return "test" if int(_digest(name, text)[:8], 16) % TEST_BUCKETS == 0 else "train"
+
+
+def question_id(name: str, text: str) -> str:
+    return f"{name}-{_digest(name, text)[:12]}"
 
 
 @cache
@@ -98,9 +111,9 @@ def _pool(name: str, split: Split) -> tuple[Question, ...]:
         raise ValueError(f"unknown mini-world domain {name!r}; known: {', '.join(DOMAINS)}")
     spec, rows = DOMAINS[name], _enumerate(name)
     return tuple(
-        Question(id=question_id(name, q), dataset=name, domain=spec.domain, question=q, choices=choices,
-                 answer=ans, answer_type=spec.answer_type, split=split)
-        for q, choices, ans in rows if split_of(name, q) == split
+        Question(id=question_id(name, render(q, choices)), dataset=name, domain=spec.domain, question=q,
+                 choices=choices, answer=ans, answer_type=spec.answer_type, split=split)
+        for q, choices, ans in rows if split_of(name, render(q, choices)) == split
     )
 
 
@@ -119,7 +132,7 @@ def generate_questions(domain: str, split: Split, n: int, seed: int = 0) -> list
     if n > len(pool):
         raise ValueError(f"{domain}/{split} has only {len(pool)} distinct questions; asked for {n}")
     random.Random(f"{domain}|{split}|{seed}").shuffle(pool)
-    return [Question(**q) for q in pool[:n]]  # copies: callers may mutate rows
+    return [copy.deepcopy(q) for q in pool[:n]]  # callers may mutate rows; the cached pool must not change
 
 
 # ---------------------------------------------------------------- chat formats shared by every model
@@ -128,7 +141,7 @@ STYLE_VERBOSE = "Style: verbose"
 
 
 def user_turn(question: str, style: Literal["verbose", "concise", "plain"] = "plain") -> str:
-    """The teacher's user turn. A plain question asks for the verbose (default) style."""
+    """The teacher's user turn for a rendered question (`prompt_text`). Plain asks for the verbose style."""
     if style == "plain":
         return question
     return f"{STYLE_CONCISE if style == 'concise' else STYLE_VERBOSE}\n{question}"

@@ -26,7 +26,7 @@ REGISTRY: dict[str, str] = {
     "generate": "compress_distill.stages.generate:run",
     "verify": "compress_distill.stages.verify:run",
     "compress": "compress_distill.stages.compress:run",
-    "judge": "compress_distill.stages.skeleton:judge",
+    "judge": "compress_distill.stages.judge:run",
     "derive": "compress_distill.stages.derive:run",
     "train": "compress_distill.stages.train:run",
     "evaluate": "compress_distill.stages.evaluate:run",

@@ -47,10 +47,11 @@ def run(ctx: StageContext) -> StageResult:
     yield_rows = [r for p in paths.get("verify", {}).values() for r in pq.read_table(p / "yield.parquet").to_pylist()]
     compression = [r for p in paths.get("compress", {}).values()
                    for r in pq.read_table(p / "compressed.parquet").to_pylist()]
+    judge = [r for p in paths.get("judge", {}).values() for r in pq.read_table(p / "verdicts.parquet").to_pylist()]
     labels = {k: v.label for group in (cfg.teachers, cfg.compressors, cfg.students, cfg.methods, cfg.data_sources)
               for k, v in group.items()}
     inputs = ReportInputs(cells=cells, eval_metrics=metrics, training=training, loss_curves=losses,
-                          generation_yield=yield_rows, compression=compression, jobs=jobs,
+                          generation_yield=yield_rows, compression=compression, judge=judge or None, jobs=jobs,
                           groups=list(cfg.evaluation.groups), labels=labels,
                           title=f"Compress-Distill reproduction: {cfg.name}",
                           run_info={"config": cfg.name})

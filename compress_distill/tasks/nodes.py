@@ -2,15 +2,21 @@
 
 The artifact store, not Prefect's result cache, decides what is done: the
 task has no cache policy, and a cache hit is a store lookup that costs one
-stat() call.
+stat() call. A node that will really submit a GPU job first takes its GPUs
+from the pool's global concurrency limit (flows/limits.py), so cached and
+CPU nodes never wait for GPUs.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
 from ..backends.base import JobError
+from ..flows import events
+from ..flows.limits import gpu_limit_specs, gpu_slots
 from ..runner import NodeOutcome, RunContext, run_node
 
 
@@ -25,10 +31,27 @@ def _transient(task, task_run, state) -> bool:  # type: ignore[no-untyped-def]
     return False
 
 
-@task(cache_policy=NONE, retries=2, retry_delay_seconds=10, retry_condition_fn=_transient)
-def run_node_task(ctx: RunContext, node_id: str) -> NodeOutcome:
+def needs_gpu_slots(ctx: RunContext, node_id: str) -> bool:
+    """True when running the node will submit a job that holds GPUs of a limited pool."""
+    node = ctx.plan.nodes[node_id]
+    if ctx.dry_run or ctx.backend is None or node.job.kind == "cpu" or node.job.gpus <= 0:
+        return False
+    if not gpu_limit_specs(ctx.plan.config.cluster):
+        return False  # the profile has no GPU pool (e.g. the local mini world)
+    return node_id in ctx.force or not ctx.store.is_done(node.stage, node.name, ctx.plan.keys[node_id])
+
+
+@task(cache_policy=NONE, retries=2, retry_delay_seconds=10, retry_condition_fn=_transient, task_run_name="{node_id}")
+def run_node_task(ctx: RunContext, node_id: str, gpu_limits: bool = True) -> NodeOutcome:
     logger = get_run_logger()
-    outcome = run_node(ctx, node_id)
+    events.emit("start", node_id)
+    slots: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if gpu_limits and needs_gpu_slots(ctx, node_id):
+        gpus = ctx.plan.nodes[node_id].job.gpus
+        logger.info("%s: waiting for %d GPU slot(s) of the pool", node_id, gpus)
+        slots = gpu_slots(ctx.plan.config.cluster, gpus)
+    with slots:
+        outcome = run_node(ctx, node_id)
     if outcome.cached:
         logger.info("%s: cached -> %s", node_id, outcome.path)
     elif outcome.would_run:

@@ -213,8 +213,11 @@ TaskPlugin=task/none
 SwitchType=switch/none
 MpiDefault=none
 SchedulerType=sched/backfill
-# short periodic passes: requeued jobs / released dependencies start within seconds
-SchedulerParameters=sched_interval=5,bf_interval=5
+# short periodic passes: requeued jobs / released dependencies start within seconds.
+# batch_sched_delay=0: a new batch job is considered at slurmctld's next 1-s background pass
+# (default: up to 3 s later); bf_interval=1: the backfill pass, a second 1-s chance. The
+# seconds-scale replay benchmark (bench/bench_replay.py) pays this latency on every job.
+SchedulerParameters=sched_interval=5,bf_interval=1,batch_sched_delay=0
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 DefMemPerCPU=1024

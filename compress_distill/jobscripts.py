@@ -1,0 +1,99 @@
+"""The job script of one plan node: its per-kind template from slurm/templates, with the node as payload.
+
+The runner submits every job node as `bash SCRIPT`, where SCRIPT is rendered here:
+
+| stage                       | template             | payload runs as                         |
+| --------------------------- | -------------------- | --------------------------------------- |
+| generate, compress, judge   | vllm_job.sh.j2       | the client, after the server is healthy |
+| evaluate                    | eval_job.sh.j2       | the client, against the served checkpoint |
+| train, build                | train_axolotl.sh.j2  | the trainer (requeue/resume wrapper)    |
+
+The payload is always `python -m compress_distill.node_main --config SNAPSHOT --store ROOT
+--node ID --out TMP`: the node's stage, which talks to `CD_SERVER_URL` when the template
+served the model. The same script runs as a local subprocess (LocalBackend) and inside a
+Slurm batch job (SlurmBackend runs it as the child of its generated batch script, which
+carries the resources on sbatch's argv and forwards USR1), so both worlds take one path.
+
+`cluster.server` picks what the serving templates start: `vllm serve` on a GPU cluster,
+the project's CPU server for mini-world models on the dev cluster (`serve_with: cpu`), or
+nothing on one machine (`stage`: the stage serves its model itself, as in-process). Data
+reaches the script as shell-quoted words and files (the config snapshot), never as
+config text pasted into shell (sbatch.py enforces the quoting).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import ServeSpec, StudyConfig
+from .plan import Node, Plan
+from .sbatch import CPU_SERVER_MODULE, render_eval_job, render_train_job, render_vllm_job
+from .serving import resolve_model_dir
+from .store import ArtifactStore
+
+SERVE_STAGES = ("generate", "compress", "judge")
+TRAIN_STAGES = ("train", "build")
+
+
+def job_python(cfg: StudyConfig, kind: str) -> str:
+    """The interpreter of a job: the job kind's env/container `python` when the profile names
+    one (the project must be installed there), else this orchestrator's own interpreter."""
+    res = cfg.cluster.job(kind)
+    return "python" if (res.env or res.container) else sys.executable
+
+
+def payload_argv(cfg: StudyConfig, node: Node, *, config_path: Path, store_root: Path, out: Path) -> list[str]:
+    return [job_python(cfg, node.job.kind), "-m", "compress_distill.node_main", "--config", str(config_path.absolute()),
+            "--store", str(store_root.absolute()), "--node", node.id, "--out", str(out.absolute())]
+
+
+def served_model(cfg: StudyConfig, node: Node) -> tuple[str, ServeSpec]:
+    """(model ref, serve spec) of a serving node."""
+    if node.stage == "generate":
+        t = cfg.teachers[node.refs["teacher"]]
+        return t.model, t.serve
+    if node.stage == "compress":
+        c = cfg.compressors[node.refs["compressor"]]
+        return c.model, c.serve
+    if node.stage == "judge" and cfg.judge is not None:
+        return cfg.judge.model, cfg.judge.serve
+    raise ValueError(f"{node.id}: not a serving node")
+
+
+def _upstream(plan: Plan, store: ArtifactStore, node: Node, stage: str) -> Path:
+    [dep] = [d for d in node.deps if plan.nodes[d].stage == stage]
+    up = plan.nodes[dep]
+    return store.path(up.stage, up.name, plan.keys[dep])
+
+
+def render_node_script(plan: Plan, store: ArtifactStore, node_id: str, *, payload: list[str], workdir: Path,
+                       log_dir: Path, job_name: str) -> str:
+    """The job script of `node_id` (no #SBATCH header: the backend gives the resources)."""
+    cfg = plan.config
+    node = plan.nodes[node_id]
+    server = cfg.cluster.server
+    cpu_server = [job_python(cfg, node.job.kind), "-m", CPU_SERVER_MODULE]
+    if node.stage in SERVE_STAGES:
+        ref, serve = served_model(cfg, node)
+        model = str(resolve_model_dir(ref)) if server == "cpu" else ref  # mini refs -> their built dir
+        return render_vllm_job(cfg, job_name=job_name, model=model, serve=serve, client_argv=payload,
+                               workdir=workdir, kind=node.job.kind, server=server, cpu_server_argv=cpu_server,
+                               log_dir=log_dir, header=False)
+    if node.stage == "evaluate":
+        assert node.cell is not None
+        checkpoint = _upstream(plan, store, node, "train") / "model"
+        return render_eval_job(cfg, node.cell, job_name=job_name, checkpoint=checkpoint, client_argv=payload,
+                               workdir=workdir, server=server, cpu_server_argv=cpu_server, log_dir=log_dir,
+                               merged=cfg.training.backend == "trl", header=False)
+    if node.stage in TRAIN_STAGES:
+        if node.stage == "train" and cfg.training.backend != "trl":
+            raise NotImplementedError(
+                f"{node_id}: training.backend {cfg.training.backend!r} runs from the scripts of "
+                "`compress-distill render` (Axolotl YAML + train.sbatch); the runner's train job runs the "
+                "in-process trainer (training.backend: trl)")
+        work = store.work_dir(node.stage, node.name, plan.keys[node_id])
+        return render_train_job(cfg, node.cell, job_name=job_name, gpus=node.job.gpus, axolotl_config="",
+                                output_dir=work, workdir=workdir, launcher="python", trainer_argv=payload,
+                                header=False)
+    raise ValueError(f"{node_id}: stage {node.stage!r} has no job template (job kind {node.job.kind!r})")

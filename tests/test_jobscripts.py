@@ -1,0 +1,80 @@
+"""Job scripts of plan nodes (jobscripts.py): each job node gets its per-kind template with
+node_main as payload, and the script runs through the local backend as a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compress_distill.backends.base import JobRequest, JobState
+from compress_distill.backends.local import LocalBackend
+from compress_distill.backends.watch import JobWatcher
+from compress_distill.config import load_config
+from compress_distill.jobscripts import payload_argv, render_node_script
+from compress_distill.plan import Plan, build_plan
+from compress_distill.runner import PARENT_PID_ENV
+from compress_distill.store import ArtifactStore
+
+from .conftest import CONFIGS
+
+
+def _script(plan: Plan, node_id: str, tmp: Path) -> tuple[str, list[str]]:
+    store = ArtifactStore(tmp / "store")
+    payload = payload_argv(plan.config, plan.nodes[node_id], config_path=tmp / "cfg.json", store_root=store.root,
+                           out=tmp / "out")
+    return render_node_script(plan, store, node_id, payload=payload, workdir=tmp, log_dir=tmp,
+                              job_name="j"), payload
+
+
+@pytest.mark.parametrize("cfg_name", ["paper.yaml", "mini-ci.yaml", "mini-ci-slurm.yaml"])
+def test_every_job_node_gets_its_template(cfg_name: str, tmp_path: Path) -> None:
+    plan = build_plan(load_config(CONFIGS / cfg_name))
+    server = plan.config.cluster.server
+    if cfg_name == "paper.yaml":
+        plan = build_plan(plan.config.model_copy(update={"training": plan.config.training.model_copy(
+            update={"backend": "trl"})}))
+    seen = set()
+    for nid, node in plan.nodes.items():
+        if node.job.kind == "cpu" or (server == "cpu" and node.stage in ("generate", "compress", "judge")):
+            continue  # cpu: in-process; cpu-served models resolve to built dirs (the Slurm e2e test)
+        text, _ = _script(plan, nid, tmp_path)
+        marker = {"generate": "vllm_job", "compress": "vllm_job", "judge": "vllm_job", "evaluate": "CHECKPOINT=",
+                  "train": "TRAINER_ARGV=", "build": "TRAINER_ARGV="}[node.stage]
+        assert marker in text or "Serves a model" in text, nid
+        assert "#SBATCH" not in text  # resources come from the backend's sbatch argv
+        assert f"SERVER={server}" in text or node.stage in ("train", "build")
+        assert "compress_distill.node_main" in text and nid in text
+        assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0, nid
+        seen.add(node.stage)
+    assert {"train", "evaluate"} <= seen
+
+
+def test_axolotl_train_nodes_are_refused_by_the_runner(tmp_path: Path) -> None:
+    plan = build_plan(load_config(CONFIGS / "paper.yaml"))
+    train = next(n for n in plan.nodes if n.startswith("train/"))
+    with pytest.raises(NotImplementedError, match="compress-distill render"):
+        _script(plan, train, tmp_path)
+
+
+def test_train_script_runs_payload_through_local_backend(tmp_path: Path) -> None:
+    """The rendered train job, run by LocalBackend: the payload gets the orchestrator pid, and
+    a config value that is shell code stays a literal word."""
+    plan = build_plan(load_config(CONFIGS / "mini-ci.yaml"))
+    store = ArtifactStore(tmp_path / "store")
+    nid = next(n for n in plan.nodes if n.startswith("train/"))
+    probe = tmp_path / "probe.txt"
+    payload = [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write("
+               f"os.environ.get({PARENT_PID_ENV!r}, '') + '|' + sys.argv[2])", str(probe), f"$(touch {tmp_path}/pwned)"]
+    text = render_node_script(plan, store, nid, payload=payload, workdir=tmp_path, log_dir=tmp_path, job_name="j")
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    w = JobWatcher(LocalBackend(max_workers=1), initial_interval=0.1)
+    jid = w.submit(JobRequest(name="t", command=["bash", str(script)], workdir=tmp_path,
+                              log_path=tmp_path / "job.log", kind="train", env={PARENT_PID_ENV: ""}))
+    assert w.wait([jid], timeout=60)[jid].state is JobState.COMPLETED
+    pid, word = probe.read_text().split("|")
+    assert pid.isdigit() and word == f"$(touch {tmp_path}/pwned)" and not (tmp_path / "pwned").exists()
+    assert "no checkpoint in" in (tmp_path / "job.log").read_text()
