@@ -85,13 +85,10 @@ def render_node_script(plan: Plan, store: ArtifactStore, node_id: str, *, payloa
         checkpoint = _upstream(plan, store, node, "train") / "model"
         return render_eval_job(cfg, node.cell, job_name=job_name, checkpoint=checkpoint, client_argv=payload,
                                workdir=workdir, server=server, cpu_server_argv=cpu_server, log_dir=log_dir,
-                               merged=cfg.training.backend == "trl", header=False)
+                               merged=True, header=False)  # the train stage publishes LoRA merged (both backends)
     if node.stage in TRAIN_STAGES:
-        if node.stage == "train" and cfg.training.backend != "trl":
-            raise NotImplementedError(
-                f"{node_id}: training.backend {cfg.training.backend!r} runs from the scripts of "
-                "`compress-distill render` (Axolotl YAML + train.sbatch); the runner's train job runs the "
-                "in-process trainer (training.backend: trl)")
+        # Both backends run the train stage here: TRL in-process, Axolotl as a subprocess in its own
+        # env (training/axolotl_backend.py: torchrun on GPUs, the CPU overlay without).
         work = store.work_dir(node.stage, node.name, plan.keys[node_id])
         return render_train_job(cfg, node.cell, job_name=job_name, gpus=node.job.gpus, axolotl_config="",
                                 output_dir=work, workdir=workdir, launcher="python", trainer_argv=payload,

@@ -1,7 +1,7 @@
 """The content-addressed artifact store: the only code that commits artifacts.
 
 Layout: `<root>/<stage>/<name>-<key>/` holds a step's outputs and its
-`manifest.json`. A step writes into `<root>/<stage>/.tmp/<name>-<key>.<uuid>/`;
+`manifest.json`. A step writes into `<root>/<stage>/.tmp/<name>-<key>.attempt/`;
 `commit` writes the manifest there last and renames the directory into
 place. A directory under its final name is therefore always complete, and
 the manifest inside it is the done marker. A crash leaves only `.tmp/`
@@ -118,10 +118,15 @@ class ArtifactStore:
 
     # -- writing ---------------------------------------------------------------
     def begin(self, stage: str, name: str, key: str) -> Path:
+        """An empty attempt dir for the node (call it holding the node's lease).
+
+        Its path is fixed per (stage, name, key): a Slurm job that outlives a restarted
+        orchestrator is re-attached by its job name and still writes where the new attempt looks.
+        """
         tmp_root = self.root / stage / ".tmp"
         for old in tmp_root.glob(f"{name}-{key}.*"):  # debris of a crashed attempt (we hold the lease)
             shutil.rmtree(old, ignore_errors=True)
-        tmp = tmp_root / f"{name}-{key}.{uuid.uuid4().hex[:8]}"
+        tmp = tmp_root / f"{name}-{key}.attempt"
         tmp.mkdir(parents=True)
         return tmp
 

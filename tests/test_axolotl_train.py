@@ -172,3 +172,32 @@ def test_axolotl_cell_trains_and_evaluates(trained: dict[str, dict[str, Path]], 
     ev = json.loads((trained[method]["evaluate"] / "stage-metrics.json").read_text())
     assert ev["n"] > 0 and 0.0 <= ev["accuracy"] <= 1.0 and ev["failed_requests"] == 0
     assert pq.read_metadata(trained[method]["evaluate"] / "records.parquet").num_rows == ev["n"]
+
+
+@pytest.mark.slow
+@pytest.mark.axolotl
+@needs_axolotl
+def test_axolotl_backend_through_the_dag(tmp_path: Path) -> None:
+    """`training.backend: axolotl` in a study config: the runner's train jobs run Axolotl (CPU overlay)
+    for both methods, and their evaluations serve the published models."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    cfg = tmp_path / "mini-ci-axolotl.yaml"
+    # The CI teacher is barely trained: its traces are long garbage, which Axolotl drops (TRL truncates)
+    # past sequence_len, so give them room.
+    cfg.write_text(yaml.safe_dump(_mini_ci(max_steps=STEPS, sequence_len=2048)))
+    store = tmp_path / "store"
+    res = subprocess.run([sys.executable, "-m", "compress_distill.cli", "run", str(cfg), "--store", str(store),
+                          "--select", "data=raw", "--json"], capture_output=True, text=True, cwd=REPO, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads(res.stdout)
+    cells = {n.split("/", 1)[1] for n in summary["ran"] if n.startswith("train/")}
+    assert {c.split(".")[2] for c in cells} == {"lora", "full"} and not summary["failed"]
+    for cell in cells:
+        [train] = store.glob(f"train/{cell}-*")
+        assert pq.read_metadata(train / "loss.parquet").num_rows == STEPS
+        assert json.loads((train / "train_result.json").read_text())["steps"] == STEPS
+        assert f"evaluate/{cell}" in summary["ran"]

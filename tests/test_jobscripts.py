@@ -33,9 +33,6 @@ def _script(plan: Plan, node_id: str, tmp: Path) -> tuple[str, list[str]]:
 def test_every_job_node_gets_its_template(cfg_name: str, tmp_path: Path) -> None:
     plan = build_plan(load_config(CONFIGS / cfg_name))
     server = plan.config.cluster.server
-    if cfg_name == "paper.yaml":
-        plan = build_plan(plan.config.model_copy(update={"training": plan.config.training.model_copy(
-            update={"backend": "trl"})}))
     seen = set()
     for nid, node in plan.nodes.items():
         if node.job.kind == "cpu" or (server == "cpu" and node.stage in ("generate", "compress", "judge")):
@@ -52,11 +49,14 @@ def test_every_job_node_gets_its_template(cfg_name: str, tmp_path: Path) -> None
     assert {"train", "evaluate"} <= seen
 
 
-def test_axolotl_train_nodes_are_refused_by_the_runner(tmp_path: Path) -> None:
+def test_axolotl_train_nodes_run_the_train_stage_and_evaluate_the_merged_model(tmp_path: Path) -> None:
     plan = build_plan(load_config(CONFIGS / "paper.yaml"))
-    train = next(n for n in plan.nodes if n.startswith("train/"))
-    with pytest.raises(NotImplementedError, match="compress-distill render"):
-        _script(plan, train, tmp_path)
+    assert plan.config.training.backend == "axolotl"
+    cell = next(c for c in plan.cells if c.method == "lora")
+    text, payload = _script(plan, f"train/{cell.name}", tmp_path)
+    assert "TRAINER_ARGV=" in text and "compress_distill.node_main" in text and f"train/{cell.name}" in text
+    text, _ = _script(plan, f"evaluate/{cell.name}", tmp_path)
+    assert "--enable-lora" not in text  # the stage merged the adapter: vLLM serves the checkpoint itself
 
 
 def test_train_script_runs_payload_through_local_backend(tmp_path: Path) -> None:
