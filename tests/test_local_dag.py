@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,8 +42,11 @@ def _committed_dirs(store: Path) -> list[Path]:
 
 def test_rerun_is_fully_cached_and_lr_change_reruns_only_that_student(tmp_path: Path) -> None:
     store = tmp_path / "store"
-    first = _run(CONFIGS / "mini.yaml", store)
+    first = _run(CONFIGS / "mini.yaml", store, env={"PREFECT_LOGGING_LEVEL": "INFO"})
     assert not first["failed"] and len(first["ran"]) == first["nodes"] == NODES
+    # job ids and log paths are in the task runs' Prefect logs (the UI shows the same lines)
+    assert re.search(r"train/mini-teacher\.tiny\.full\.raw: job local-\S+ submitted, log \S+attempt-\d+\.log",
+                     first["stderr"]), first["stderr"][-2000:]
 
     second = _run(CONFIGS / "mini.yaml", store, "--progress")
     assert second["ran"] == [] and len(second["cached"]) == NODES

@@ -42,7 +42,7 @@ from ..runner import NodeOutcome, RunContext, snapshot_config
 from ..scheduler import node_priorities, priority_order
 from ..selection import expand_force, nodes_for_selection
 from ..store import ArtifactStore
-from ..tasks.nodes import run_node_task
+from ..tasks.nodes import job_submitted, run_node_task
 from . import artifacts, events
 from .cancel import cancel_in_process, on_cancellation_hook
 from .limits import ensure_limits, gpu_limit_specs, grid_lease, server_limits_enabled
@@ -166,7 +166,7 @@ def _prepare(params: GridParams, run_id: str, attempt: int, logger: Any) -> _Run
     ctx = RunContext(
         plan=plan, store=store, config_path=snapshot_config(plan, store), backend=backend, watcher=watcher,
         force=force, dry_run=params.dry_run,
-        on_job=lambda nid, job_id, log: events.emit("job", nid, job_id=job_id, log=str(log)),
+        on_job=job_submitted,
         # longest remaining path (cost model refined by earlier runs' manifests): submit order and job priority
         priorities=node_priorities(plan, CostModel(measured_hours(plan, store))),
     )

@@ -10,9 +10,11 @@ CPU nodes never wait for GPUs.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
+from prefect.exceptions import MissingContextError
 
 from ..backends.base import JobError
 from ..flows import events
@@ -29,6 +31,13 @@ def _transient(task, task_run, state) -> bool:  # type: ignore[no-untyped-def]
     except Exception:
         return False
     return False
+
+
+def job_submitted(node_id: str, job_id: str, log_path: Path) -> None:
+    """RunContext.on_job: the job id and log path go to the live view and to the task's Prefect log."""
+    events.emit("job", node_id, job_id=job_id, log=str(log_path))
+    with contextlib.suppress(MissingContextError):  # called outside a task run (e.g. direct runner use)
+        get_run_logger().info("%s: job %s submitted, log %s", node_id, job_id, log_path)
 
 
 def needs_gpu_slots(ctx: RunContext, node_id: str) -> bool:
