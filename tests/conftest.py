@@ -18,3 +18,13 @@ def _prefect_env(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+
+
+def need_dev_cluster() -> None:
+    """Start the dev Slurm cluster unless it runs; skip the test when it cannot (e.g. not root)."""
+    from compress_distill.backends.devcluster import DevClusterUnavailable, ensure_dev_cluster
+
+    try:
+        ensure_dev_cluster()
+    except DevClusterUnavailable as err:
+        pytest.skip(f"dev Slurm cluster unavailable: {err}")

@@ -167,23 +167,18 @@ class Stack:
         return self.get(f"/flow_runs/{run_id}")  # type: ignore[no-any-return]
 
     def wait_final(self, run_id: str, timeout: float = 600.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            run = self.flow_run(run_id)
-            if run["state_type"] in FINAL:
-                return run
-            time.sleep(2)
-        raise TimeoutError(f"flow run {run_id} not final after {timeout:g}s "
-                           f"(state {self.flow_run(run_id)['state_type']}): {self.tail('serve.log')}")
+        return self.wait_state(run_id, set(FINAL), timeout, poll_s=2.0)
 
-    def wait_state(self, run_id: str, states: set[str], timeout: float = 300.0) -> dict[str, Any]:
+    def wait_state(self, run_id: str, states: set[str], timeout: float = 300.0,
+                   poll_s: float = 1.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             run = self.flow_run(run_id)
             if run["state_type"] in states:
                 return run
-            time.sleep(1)
-        raise TimeoutError(f"flow run {run_id} never reached {states}")
+            time.sleep(poll_s)
+        raise TimeoutError(f"flow run {run_id} never reached {sorted(states)} in {timeout:g}s "
+                           f"(state {self.flow_run(run_id)['state_type']}): {self.tail('serve.log')}")
 
     def artifacts(self, run_id: str) -> dict[str, dict[str, Any]]:
         arts = self.post("/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})

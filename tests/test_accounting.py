@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from compress_distill import accounting as acc
 from compress_distill.backends.base import JobRequest, JobState
-from compress_distill.backends.devcluster import DevClusterUnavailable, ensure_dev_cluster
 from compress_distill.backends.slurm import SlurmBackend
 from compress_distill.backends.slurm_cli import CommandResult
 from compress_distill.backends.watch import JobWatcher
+
+from .conftest import need_dev_cluster
 
 SACCT = """\
 20|20|REQUEUED|1|billing=1,cpu=1,gres/gpu:h100=2,gres/gpu=2,mem=1G,node=1|2026-11-23T16:15:26|train.a
@@ -76,12 +76,7 @@ def test_fetch_usage_is_one_sacct_call_with_starttime() -> None:
 
 @pytest.mark.slurm
 def test_gpu_hours_measured_on_dev_cluster(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the dev Slurm cluster needs root to start (slurm/dev-cluster/start.sh)")
-    try:
-        ensure_dev_cluster()
-    except DevClusterUnavailable as e:
-        pytest.skip(str(e))
+    need_dev_cluster()
     b = SlurmBackend(gpu_request="gres")
     r = JobRequest(name=f"acct-{tmp_path.name}", command=["sleep", "2"], workdir=tmp_path,
                    log_path=tmp_path / "a.log", kind="train", gpus=3, mem="64M")

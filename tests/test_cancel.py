@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from compress_distill.backends.devcluster import DevClusterUnavailable, ensure_dev_cluster
-
+from .conftest import need_dev_cluster
 from .prefect_stack import Shared, run_jobs, shared_stack
 from .test_retry_failed import slurm_mini
 
@@ -20,10 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Shared]:
-    try:
-        ensure_dev_cluster()
-    except DevClusterUnavailable as err:
-        pytest.skip(str(err))
+    need_dev_cluster()
     shared = shared_stack(tmp_path_factory, request.config)
     shared.reset()
     # train and compress jobs sleep instead of working, so two jobs are live when we cancel

@@ -8,9 +8,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from compress_distill.backends.devcluster import DevClusterUnavailable, ensure_dev_cluster
 from compress_distill.extraction import verify_batch
 from compress_distill.fanout import dask_executor, map_shards, shards, slurm_cluster_kwargs, verify_sharded
+
+from .conftest import need_dev_cluster
 
 
 def records(n: int = 60) -> list[dict]:
@@ -55,12 +56,7 @@ def test_verify_sharded_on_local_dask_cluster() -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the dev Slurm cluster needs root to start (slurm/dev-cluster/start.sh)")
-    try:
-        ensure_dev_cluster()
-    except DevClusterUnavailable as e:
-        pytest.skip(str(e))
+    need_dev_cluster()
 
 
 @pytest.mark.slurm

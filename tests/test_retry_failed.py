@@ -15,13 +15,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress_distill.backends.devcluster import DevClusterUnavailable, ensure_dev_cluster
 from compress_distill.backends.slurm_script import job_name
 from compress_distill.config import parse_config
 from compress_distill.plan import build_plan
 from compress_distill.selection import nodes_for_selection
 
-from .conftest import CONFIGS, REPO
+from .conftest import CONFIGS, REPO, need_dev_cluster
 from .prefect_stack import SKELETON, run_jobs
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -32,10 +31,7 @@ SELECT = ["--select", "student=tiny", "--select", "method=lora"]
 
 @pytest.fixture(scope="module")
 def slurm() -> None:
-    try:
-        ensure_dev_cluster()
-    except DevClusterUnavailable as err:
-        pytest.skip(str(err))
+    need_dev_cluster()
 
 
 def slurm_mini(path: Path) -> Path:

@@ -4,7 +4,6 @@ replay through the real dev Slurm cluster (schedule_slurm.py)."""
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 import time
 import uuid
@@ -15,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from compress_distill.backends.base import JobRequest
-from compress_distill.backends.devcluster import DevClusterUnavailable, ensure_dev_cluster, is_up
 from compress_distill.backends.local import LocalBackend
 from compress_distill.backends.slurm_cli import check, run_command
 from compress_distill.backends.slurm_script import NICE_CEILING, SlurmOptions, sbatch_argv
@@ -41,7 +39,7 @@ from compress_distill.scheduler import (
     tasks_from_plan,
 )
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, need_dev_cluster
 
 
 def T(tid: str, gpus: int, hours: float, deps: Iterable[str] = (), kind: str = "train", index: int = 0,
@@ -329,13 +327,7 @@ def test_plan_simulate_cli() -> None:
 def test_short_replay_on_the_dev_cluster() -> None:
     """A handful of sleep jobs (hours read as seconds) through the real slurmctld: the order,
     the placement and the caps the scheduler decided are what Slurm ran."""
-    if not is_up():
-        if os.geteuid() != 0:
-            pytest.skip("dev Slurm cluster not running, and starting it needs root")
-        try:
-            ensure_dev_cluster()
-        except DevClusterUnavailable as e:
-            pytest.skip(f"dev Slurm cluster unavailable: {e}")
+    need_dev_cluster()
     nodes = sorted(dict.fromkeys(check(run_command(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], 20))
                                  .stdout.split()))[:2]
     if len(nodes) < 2:
@@ -441,7 +433,7 @@ def test_raw_trace_cells_run_while_their_teachers_compression_runs_slurm(paper: 
     """The same on the real dev cluster: the paper DAG at 1 h -> 0.5 s as pinned Slurm sleep jobs
     (at least 1 s each: sub-second jobs hit an accounting race, see the report); start = the
     first poll that saw the job RUNNING."""
-    _need_dev_cluster()
+    need_dev_cluster()
     nodes = sorted(dict.fromkeys(check(run_command(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], 20))
                                  .stdout.split()))[:2]
     ts = tasks_from_plan(paper, CostModel())
@@ -455,15 +447,6 @@ def test_raw_trace_cells_run_while_their_teachers_compression_runs_slurm(paper: 
     early = _raw_cells_during_compression(res, ts, "running_s")
     assert early["qwen3.5-397b"] and early["gpt-oss-120b"], early
 
-
-def _need_dev_cluster() -> None:
-    if not is_up():
-        if os.geteuid() != 0:
-            pytest.skip("dev Slurm cluster not running, and starting it needs root")
-        try:
-            ensure_dev_cluster()
-        except DevClusterUnavailable as e:
-            pytest.skip(f"dev Slurm cluster unavailable: {e}")
 
 
 def test_unestimated_mini_cells_start_raw_first() -> None:

@@ -7,7 +7,6 @@ tests, so the whole file takes about as long as they do (~1.5 min), not the sum.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 import uuid
@@ -19,10 +18,11 @@ import pytest
 
 from compress_distill.backends.base import JobError, JobRequest, JobState, JobStatus
 from compress_distill.backends.common import array_task_log, read_state
-from compress_distill.backends.devcluster import DevClusterUnavailable, ensure_dev_cluster, is_up
 from compress_distill.backends.slurm import SlurmBackend
 from compress_distill.backends.slurm_cli import CommandResult, SlurmCommandError, run_command
 from compress_distill.backends.watch import JobWatcher
+
+from .conftest import need_dev_cluster
 
 pytestmark = pytest.mark.slurm
 TAG = f"t{uuid.uuid4().hex[:6]}"  # job names are deterministic: keep this session's apart
@@ -30,14 +30,7 @@ TAG = f"t{uuid.uuid4().hex[:6]}"  # job names are deterministic: keep this sessi
 
 @pytest.fixture(scope="session")
 def cluster() -> None:
-    if not is_up():
-        if os.geteuid() != 0:
-            pytest.skip("dev Slurm cluster not running, and starting it needs root: "
-                        "run `sudo slurm/dev-cluster/start.sh`")
-        try:
-            ensure_dev_cluster()
-        except DevClusterUnavailable as e:
-            pytest.skip(f"dev Slurm cluster unavailable: {e}")
+    need_dev_cluster()
 
 
 class Counting:

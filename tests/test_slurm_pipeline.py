@@ -19,9 +19,8 @@ import pytest
 import yaml
 
 from compress_distill import accounting as acc
-from compress_distill.backends.devcluster import DevClusterUnavailable, ensure_dev_cluster
 
-from .conftest import CONFIGS, REPO
+from .conftest import CONFIGS, REPO, need_dev_cluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 JOB_STAGES = {"build", "generate", "train", "evaluate"}
@@ -37,12 +36,7 @@ def test_slurm_config_is_mini_ci_on_the_dev_cluster() -> None:
 
 @pytest.fixture(scope="module")
 def cluster() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the dev Slurm cluster needs root to start (slurm/dev-cluster/start.sh)")
-    try:
-        ensure_dev_cluster()
-    except DevClusterUnavailable as e:
-        pytest.skip(str(e))
+    need_dev_cluster()
 
 
 def test_mini_cell_runs_as_slurm_jobs_and_is_accounted(cluster: None, tmp_path: Path) -> None:
