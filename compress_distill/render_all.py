@@ -19,7 +19,8 @@ the job instead of silently training answer-only.
 
 The client argv is the runner's own job payload (`python -m
 compress_distill.node_main --config SNAPSHOT --store ROOT --node NODE_ID --out
-ROOT/<stage>/.work/<name>-<key>`) unless `client_argv` is given.
+ROOT/<stage>/.tmp/<name>-<key>.attempt`, the runner's attempt dir) unless
+`client_argv` is given.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from .config import StudyConfig, load_config
 from .jobscripts import payload_argv, served_model
 from .plan import Node, build_plan
 from .sbatch import render_eval_job, render_train_job, render_vllm_job
+from .store import ArtifactStore
 
 ClientArgv = Callable[[Node, Path], Sequence[str]]
 # Run before a fresh training start; the path must be readable from the compute nodes.
@@ -59,11 +61,12 @@ def render_study(
     out = Path(outdir).resolve()
     plan = build_plan(cfg)
     root = Path(store_root or cfg.store_root).resolve()
+    store = ArtifactStore(root)
     cpu = cfg.cluster.gpus_per_node == 0 if cpu is None else cpu
 
     def payload(node: Node, snapshot: Path) -> list[str]:
-        work = root / node.stage / ".work" / f"{node.name}-{plan.keys[node.id]}"
-        return payload_argv(cfg, node, config_path=snapshot, store_root=root, out=work)
+        out = store.attempt_dir(node.stage, node.name, plan.keys[node.id])
+        return payload_argv(cfg, node, config_path=snapshot, store_root=root, out=out)
 
     argv_for = client_argv or payload
     written: list[Path] = []
@@ -97,7 +100,7 @@ def render_study(
         derive_id = train.deps[0]
         dataset = root / "derive" / f"{derive_id.split('/', 1)[1]}-{plan.keys[derive_id]}" / "train.jsonl"
         tag = f"{cell.name}-{plan.keys[train.id]}"
-        work = root / "train" / ".work" / tag
+        work = store.work_dir("train", cell.name, plan.keys[train.id])
         axo = render_axolotl_config(cfg, cell, dataset_path=dataset, output_dir=work)
         if cpu:
             axo = cpu_overlay(axo)

@@ -123,12 +123,15 @@ class ArtifactStore:
         Its path is fixed per (stage, name, key): a Slurm job that outlives a restarted
         orchestrator is re-attached by its job name and still writes where the new attempt looks.
         """
-        tmp_root = self.root / stage / ".tmp"
-        for old in tmp_root.glob(f"{name}-{key}.*"):  # debris of a crashed attempt (we hold the lease)
+        tmp = self.attempt_dir(stage, name, key)
+        for old in tmp.parent.glob(f"{name}-{key}.*"):  # debris of a crashed attempt (we hold the lease)
             shutil.rmtree(old, ignore_errors=True)
-        tmp = tmp_root / f"{name}-{key}.attempt"
         tmp.mkdir(parents=True)
         return tmp
+
+    def attempt_dir(self, stage: str, name: str, key: str) -> Path:
+        """Where `begin` puts the node's attempt (the `--out` of its job); not created here."""
+        return self.root / stage / ".tmp" / f"{name}-{key}.attempt"
 
     def commit(self, tmp: Path, stage: str, name: str, key: str, manifest: Mapping[str, Any],
                replace: bool = False) -> Path:
