@@ -136,7 +136,7 @@ def main() -> None:
     k = min(a.naive_n, a.n)
 
     def naive() -> list[str]:
-        out = []
+        out: list[str] = []
         for r, s in zip(raws[:k], shorts[:k], strict=True):
             ids = tok.encode(r, add_special_tokens=False)
             n = len(tok.encode(s, add_special_tokens=False))

@@ -18,10 +18,16 @@ Rules (issue 7):
   start another job while a job of another kind is ready and waiting. The share is work-
   conserving (ignored when nothing else waits), so it never leaves GPUs idle by itself.
 - Tasks needing 0 GPUs (CPU steps) take no pool capacity.
+- Submit-ahead (`forecast`, `queue`, `started`): a driver may hand a task to its backend
+  before the task's deps are done, as a job that the backend starts by itself when they
+  are (Slurm: --dependency=afterok). The scheduler decides which and where by running
+  itself forward on estimates; until the job runs, its GPUs on its node are reserved for it
+  once its deps are done, so nothing else is placed there.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -221,6 +227,7 @@ class Scheduler:
         self.free = [pool.gpus_per_node] * pool.nodes
         self.held: dict[str, int] = {}                  # GPUs in use per kind
         self.running: dict[str, int | None] = {}        # task id -> node
+        self.queued: dict[str, int | None] = {}         # submitted ahead, not running yet -> planned node
         self.done: set[str] = set()
         self.failed: set[str] = set()
         self._missing = {t.id: sum(1 for d in t.deps if d in self.tasks) for t in self.tasks.values()}
@@ -239,7 +246,7 @@ class Scheduler:
     @property
     def finished(self) -> bool:
         """Nothing is running and nothing can start (all done, or the rest is blocked by failures)."""
-        return not self.running and not self._eligible()
+        return not self.running and not self.queued and not self._eligible()
 
     def ready(self) -> list[str]:
         """Tasks that may be submitted now (deps done, barrier passed), best first."""
@@ -258,6 +265,16 @@ class Scheduler:
 
     # ------------------------------------------------------------------ decisions
 
+    def gates(self, task_id: str) -> list[str]:
+        """The unfinished tasks that must end before `task_id` may start: its deps, and under
+        the stage-barrier policy every task of an earlier phase. What a job submitted ahead
+        waits for."""
+        task = self.tasks[task_id]
+        out = [d for d in task.deps if d in self.tasks and d not in self.done]
+        if self.policy == "stage-barrier":
+            out += [t for t in self.tasks if self.tasks[t].phase < task.phase and t not in self.done]
+        return list(dict.fromkeys(out))
+
     def pick(self) -> list[Placement]:
         """Start every eligible task that fits now, best first; returns the placements made."""
         waiting = self.ready()
@@ -266,7 +283,7 @@ class Scheduler:
             task = self.tasks[tid]
             node: int | None = None
             if task.gpus > 0:
-                if self.pool.max_jobs is not None and self._gpu_jobs() >= self.pool.max_jobs:
+                if self.pool.max_jobs is not None and self._gpu_jobs() + len(self._committed()) >= self.pool.max_jobs:
                     continue
                 node = self._fit(task.gpus)
                 if node is None or self._over_share(task, [t for t in waiting if t in self._ready and t != tid]):
@@ -276,8 +293,32 @@ class Scheduler:
         return placed
 
     def _fit(self, gpus: int) -> int | None:
-        fits = [(free, n) for n, free in enumerate(self.free) if free >= gpus]
+        free = list(self.free)
+        for tid in self._committed():  # their GPUs are spoken for on their node
+            node = self.queued[tid]
+            if node is not None:
+                free[node] -= self.tasks[tid].gpus
+        fits = [(f, n) for n, f in enumerate(free) if f >= gpus]
         return min(fits)[1] if fits else None  # best fit: the fullest node that still fits
+
+    def _committed(self) -> list[str]:
+        """Queued GPU tasks the backend may start as soon as their node has room."""
+        return [t for t in self.queued if self.tasks[t].gpus > 0 and self.unblocked(t)]
+
+    def unblocked(self, task_id: str) -> bool:
+        """Every gate of `task_id` is done, or is a 0-hour CPU step that is itself unblocked:
+        such a step ends the moment its own gates do, so it holds nothing up."""
+        todo, seen = self.gates(task_id), set()
+        while todo:
+            g = todo.pop()
+            if g in seen:
+                continue
+            seen.add(g)
+            t = self.tasks[g]
+            if t.gpus or t.hours:
+                return False
+            todo += self.gates(g)
+        return True
 
     def _over_share(self, task: Task, others: list[str]) -> bool:
         share = self.pool.shares.get(task.kind)
@@ -298,6 +339,7 @@ class Scheduler:
             self.held[task.kind] = self.held.get(task.kind, 0) + task.gpus
 
     def _release(self, task_id: str) -> Task:
+        self.started(task_id)  # a queued job may end (or be cancelled) before anyone saw it run
         task = self.tasks[task_id]
         node = self.running.pop(task_id)
         if node is not None:
@@ -313,6 +355,21 @@ class Scheduler:
         self._release(task_id)
         self.done.add(task_id)
         return self._unlock(task_id)
+
+    def queue(self, task_id: str, node: int | None) -> None:
+        """The driver submitted `task_id` ahead, planned for `node`: it is no longer ready, and
+        holds GPUs only once `started`."""
+        if task_id in self.running or task_id in self.done or task_id in self.failed:
+            raise ValueError(f"{task_id} is already running or over; it cannot be queued")
+        self._ready.discard(task_id)
+        self.queued[task_id] = node
+
+    def started(self, task_id: str, node: int | None = None) -> None:
+        """A queued task began running (on `node`; None: where it was planned)."""
+        if task_id not in self.queued:
+            return
+        planned = self.queued.pop(task_id)
+        self._start(self.tasks[task_id], planned if node is None else node)
 
     def mark_done(self, task_ids: Iterable[str]) -> None:
         """Tasks done before the run started (cached in the store): count them as finished."""
@@ -342,13 +399,73 @@ class Scheduler:
         woke = []
         for d in self._dependants[task_id]:
             self._missing[d] -= 1
-            if self._missing[d] == 0:
+            # a job submitted ahead may already run (or be over) before a 0-hour dep of it is
+            # marked done: it is not ready again
+            if self._missing[d] == 0 and not (d in self.queued or d in self.running or d in self.done):
                 self._ready.add(d)
                 woke.append(d)
         return woke
 
+    def clone(self) -> Scheduler:
+        """An independent copy of the run's state (the tasks themselves are immutable and shared)."""
+        other = copy.copy(self)
+        for name in ("free", "held", "running", "queued", "done", "failed", "_missing", "_ready", "_phase_left"):
+            setattr(other, name, copy.copy(getattr(self, name)))
+        return other
+
 
 # --------------------------------------------------------------------------- discrete-event driver
+
+@dataclass(frozen=True)
+class Planned:
+    """A start the scheduler foresees: `placement` in `start_h` hours, once the tasks in
+    `behind` (those that ran on its node before it in the forecast) have ended."""
+
+    placement: Placement
+    start_h: float
+    behind: tuple[str, ...] = ()
+
+
+def forecast(sched: Scheduler, remaining_h: Mapping[str, float], horizon_h: float) -> list[Planned]:
+    """What `sched` will start within the next `horizon_h` hours if each running task ends
+    after `remaining_h[task]` (default: its whole estimate) and everything later takes its
+    estimate, in start order. Queued tasks start first, on their planned node, as their
+    deps end. Works on a clone; `sched` is unchanged.
+
+    A driver submits these ahead (`Scheduler.queue`), so that the backend holds each job
+    before its GPUs free up, instead of the driver reacting to every end. `behind` lets it
+    keep the foreseen order on each node (the backend's own queue order may differ).
+    """
+    sim = sched.clone()
+    events = [(remaining_h.get(t, sim.tasks[t].hours), sim.tasks[t].index, t) for t in sim.running]
+    heapq.heapify(events)
+    ended: dict[int, list[str]] = {}  # node -> tasks that ended there within the forecast
+    now, out = 0.0, []
+    while True:
+        for tid in sorted(sim.queued, key=lambda t: -sim.prio[t]):
+            node, task = sim.queued[tid], sim.tasks[tid]
+            if not sim.unblocked(tid):
+                continue
+            if task.gpus > 0:
+                if node is None:
+                    node = next((n for n, f in enumerate(sim.free) if f >= task.gpus), None)
+                if node is None or sim.free[node] < task.gpus:
+                    continue
+            sim.started(tid, node)
+            heapq.heappush(events, (now + task.hours, task.index, tid))
+        for p in sim.pick():
+            heapq.heappush(events, (now + p.task.hours, p.task.index, p.task.id))
+            out.append(Planned(p, now, tuple(ended.get(p.node, ())) if p.node is not None else ()))
+        if not events or events[0][0] > horizon_h:
+            return out
+        now = events[0][0]
+        while events and events[0][0] <= now:
+            tid = heapq.heappop(events)[2]
+            node = sim.running.get(tid)
+            if node is not None:
+                ended.setdefault(node, []).append(tid)
+            sim.finish(tid)
+
 
 @dataclass(frozen=True)
 class Row:

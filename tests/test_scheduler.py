@@ -8,6 +8,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,20 +16,30 @@ from typer.testing import CliRunner
 
 from compress_distill.backends.base import JobRequest
 from compress_distill.backends.local import LocalBackend
+from compress_distill.backends.slurm import SlurmBackend
 from compress_distill.backends.slurm_cli import check, run_command
 from compress_distill.backends.slurm_script import NICE_CEILING, SlurmOptions, sbatch_argv
 from compress_distill.cli import app
 from compress_distill.config import load_config
 from compress_distill.costmodel import CostModel
 from compress_distill.plan import Plan, build_plan
-from compress_distill.schedule_slurm import DriveResult, run_on_backend, sleep_request, sleep_submitter
+from compress_distill.schedule_slurm import (
+    After,
+    DriveResult,
+    read_stamps,
+    run_on_backend,
+    sleep_request,
+    sleep_submitter,
+)
 from compress_distill.scheduler import (
     Placement,
+    Planned,
     Pool,
     Row,
     Scheduler,
     Task,
     dependency_bound,
+    forecast,
     lower_bound,
     node_priorities,
     priorities,
@@ -321,6 +332,82 @@ def test_plan_simulate_cli() -> None:
     assert res.exit_code == 2 and "no GPUs" in res.output
 
 
+# --------------------------------------------------------------------------- submit-ahead
+
+def _chain() -> dict[str, Task]:
+    # a -> b on one node; c is independent and waits for room
+    return tasks(T("train/a", 8, 2), T("train/b", 8, 1, ["train/a"]), T("train/c", 8, 1))
+
+
+def test_forecast_is_what_the_scheduler_starts_next_and_changes_nothing() -> None:
+    sched = Scheduler(_chain(), Pool(1, 8, shares={}))
+    assert [p.task.id for p in sched.pick()] == ["train/a"]  # longest path first
+    before = (dict(sched.running), set(sched._ready), list(sched.free))
+    a, b, c = (sched.tasks[f"train/{x}"] for x in "abc")
+    assert forecast(sched, {"train/a": 2.0}, 2.5) == [Planned(Placement(b, 0), 2.0, ("train/a",))]
+    # a longer horizon also sees c, after both a and b held the node
+    assert forecast(sched, {"train/a": 0.5}, 5.0) == [Planned(Placement(b, 0), 0.5, ("train/a",)),
+                                                     Planned(Placement(c, 0), 1.5, ("train/a", "train/b"))]
+    assert (dict(sched.running), set(sched._ready), list(sched.free)) == before
+
+
+def test_a_queued_task_keeps_its_gpus_and_never_becomes_ready_again() -> None:
+    ts = tasks(T("generate/g", 8, 2), T("verify/v", 0, 0, ["generate/g"], kind="cpu"),
+               T("train/b", 8, 1, ["verify/v"]), T("train/c", 8, 1))
+    sched = Scheduler(ts, Pool(1, 8, shares={}))
+    assert [p.task.id for p in sched.pick()] == ["generate/g"]
+    sched.queue("train/b", 0)  # submitted ahead, behind g on node 0
+    assert sched.gates("train/b") == ["verify/v"]
+    sched.finish("generate/g")
+    picks = [p.task.id for p in sched.pick()]
+    assert picks == ["verify/v"]  # c does not jump the queue: b waits only for a 0-hour step
+    # the backend may start b before the driver marks the 0-hour step done
+    sched.started("train/b", 0)
+    sched.finish("verify/v")
+    assert "train/b" not in sched.ready() and sched.running == {"train/b": 0}
+    assert sched.pick() == []  # the node is b's
+    sched.finish("train/b")
+    assert [p.task.id for p in sched.pick()] == ["train/c"]
+    with pytest.raises(ValueError, match="already running or over"):
+        sched.queue("train/b", 0)
+
+
+def test_a_queued_job_that_ends_unseen_is_released_once() -> None:
+    sched = Scheduler(_chain(), Pool(1, 8, shares={}))
+    sched.pick()
+    sched.queue("train/b", 0)
+    sched.finish("train/a")
+    sched.finish("train/b")  # never seen RUNNING (a short job between two polls)
+    assert sched.free == [8] and not sched.queued and sched.done == {"train/a", "train/b"}
+
+
+def test_stage_barrier_gates_include_every_earlier_phase() -> None:
+    ts = tasks(T("generate/g", 8, 1, phase=0), T("generate/h", 8, 2, phase=0),
+               T("train/t", 4, 1, ["generate/g"], phase=2))
+    assert Scheduler(ts, Pool(2, 8), "critical-path").gates("train/t") == ["generate/g"]
+    assert Scheduler(ts, Pool(2, 8), "stage-barrier").gates("train/t") == ["generate/g", "generate/h"]
+
+
+def test_dependencies_reach_sbatch_as_afterok_and_afterany() -> None:
+    req = JobRequest(name="n", command=["true"], workdir=Path("/tmp"), log_path=Path("/tmp/n.log"), kind="train",
+                     gpus=4, after=("12", "13"), after_end=("14",))
+    argv = sbatch_argv(req, SlurmOptions(), Path("/tmp/n.sh"))
+    assert "--dependency=afterok:12:13,afterany:14" in argv and "--kill-on-invalid-dep=yes" in argv
+    assert not any(a.startswith("--dependency") for a in sbatch_argv(
+        JobRequest(name="n", command=["true"], workdir=Path("/tmp"), log_path=Path("/tmp/n.log"), kind="cpu"),
+        SlurmOptions(), Path("/tmp/n.sh")))
+    with pytest.raises(ValueError, match="not Slurm job ids"):
+        sbatch_argv(JobRequest(name="n", command=["true"], workdir=Path("/tmp"), log_path=Path("/tmp/n.log"),
+                               kind="cpu", after=("1;reboot",)), SlurmOptions(), Path("/tmp/n.sh"))
+
+
+def test_local_backend_refuses_to_wait_for_other_jobs(tmp_path: Path) -> None:
+    req = JobRequest(name="n", command=["true"], workdir=tmp_path, log_path=tmp_path / "n.log", kind="cpu",
+                     after_end=("local-1-1",))
+    with pytest.raises(ValueError, match="cannot wait for other jobs"):
+        LocalBackend().submit(req)
+
+
 # --------------------------------------------------------------------------- the real dev cluster
 
 @pytest.mark.slurm
@@ -379,6 +466,65 @@ def test_short_replay_on_the_dev_cluster() -> None:
     assert res.makespan_s < sim.makespan_h + 15  # 1 s per hour, plus ~1 s Slurm latency per job
 
 
+@pytest.mark.slurm
+def test_jobs_submitted_ahead_start_as_their_inputs_end() -> None:
+    """Submit-ahead on the real slurmctld: each job is queued before its inputs end (afterok,
+    through a 0-hour step) or before the jobs ahead of it on its node end (afterany), and
+    starts within a fraction of a second of that: not one driver poll (0.5 s here) plus one
+    slurmctld pass (up to 1 s) later."""
+    need_dev_cluster()
+    node = check(run_command(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], 20)).stdout.split()[0]
+    ts = tasks(T("generate/g", 8, 2, kind="vllm"), T("verify/v", 0, 0, ["generate/g"], kind="cpu"),
+               T("compress/c", 8, 1, ["verify/v"], kind="vllm"), T("train/t", 4, 1.5, ["compress/c"]),
+               T("train/r", 4, 1, ["verify/v"]), T("train/s", 4, 1, ["verify/v"]))
+    tag = f"ah{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory(prefix="sched-ahead-") as tmp:
+        backend, submit = sleep_submitter(Path(tmp), 1.0, tag=tag, partition="debug", pin_nodes=[node], stamps=True)
+        wall0 = time.time()
+        res = run_on_backend(Scheduler(ts, Pool(1, 8, shares={})), backend, submit, node_names=[node],
+                             poll_s=0.5, timeout_s=90, ahead_s=3.0, seconds_per_hour=1.0,
+                             clock=lambda: time.time() - wall0)
+        jobs = {r.task: r for r in res.rows if r.job_id}
+        span = {r.job_id: read_stamps(Path(tmp), f"{tag}-{t.replace('/', ':')}") for t, r in jobs.items()}
+    assert not res.failed and set(jobs) == {"generate/g", "compress/c", "train/t", "train/r", "train/s"}
+    g, c = jobs["generate/g"].job_id, jobs["compress/c"].job_id
+    assert jobs["compress/c"].waits_for == (g,)          # through the 0-hour verify step
+    assert set(jobs["train/r"].waits_for) == {g, c}      # its input, and the job ahead of it on the node
+    for t, r in jobs.items():
+        start = span[r.job_id]
+        assert start is not None, t
+        if r.waits_for:
+            ready = max(span[j][1] for j in r.waits_for)  # type: ignore[index]
+            assert wall0 + r.submit_s < ready, t  # queued before it could run
+            assert 0 <= start[0] - ready < 0.4, (t, start[0] - ready)
+    # and Slurm kept the planned order on the node: c took it before r and s
+    assert span[c][0] < min(span[jobs[t].job_id][0] for t in ("train/r", "train/s"))  # type: ignore[index]
+
+
+@pytest.mark.slurm
+def test_a_failed_input_cancels_the_jobs_queued_behind_it() -> None:
+    """Dead jobs lose nothing and hang nothing: when a job fails, Slurm cancels what was
+    submitted ahead on its output (--kill-on-invalid-dep), and the driver ends, reporting each."""
+    need_dev_cluster()
+    node = check(run_command(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], 20)).stdout.split()[0]
+    ts = tasks(T("generate/g", 8, 1, kind="vllm"), T("compress/c", 8, 1, ["generate/g"], kind="vllm"),
+               T("train/t", 4, 1, ["compress/c"]))
+    backend = SlurmBackend(partition="debug", adopt_existing=False, extra_args=(f"--nodelist={node}",))
+    tag = f"af{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory(prefix="sched-fail-") as tmp:
+        def submit(p: Placement, after: After) -> str:
+            req = sleep_request(p, Path(tmp), 1.0, tag=tag, after=after, min_s=1.0)
+            if p.task.id == "generate/g":
+                req = replace(req, command=["sh", "-c", "sleep 1; exit 3"])
+            return backend.submit(req)
+
+        res = run_on_backend(Scheduler(ts, Pool(1, 8, shares={})), backend, submit, node_names=[node],
+                             poll_s=0.3, timeout_s=60, ahead_s=5.0, seconds_per_hour=1.0)
+    states = {r.task: r.state for r in res.rows}
+    assert states == {"generate/g": "FAILED", "compress/c": "CANCELLED", "train/t": "CANCELLED"}, states
+    assert sorted(res.failed) == sorted(states)
+
+
 # --------------------------------------------------------------------------- real jobs: raw cells do not wait for compression
 
 def _raw_cells_during_compression(res: DriveResult, ts: dict[str, Task], start: str) -> dict[str, list[str]]:
@@ -403,8 +549,8 @@ def test_raw_trace_cells_run_while_their_teachers_compression_runs_local(paper: 
     prio = {t: math.ceil(h * 60) for t, h in task_priorities(ts).items()}
     backend = LocalBackend(max_workers=16, tick_s=0.02)
 
-    def submit(p: Placement) -> str:
-        return backend.submit(sleep_request(p, tmp_path, 0.2, tag="loc", priority=prio[p.task.id]))
+    def submit(p: Placement, after: After) -> str:
+        return backend.submit(sleep_request(p, tmp_path, 0.2, tag="loc", priority=prio[p.task.id], after=after))
 
     res = run_on_backend(Scheduler(ts, pool), backend, submit, poll_s=0.05, timeout_s=120)
     assert not res.failed and len([r for r in res.rows if r.job_id]) == 61  # 2 + 4 + 55 jobs

@@ -61,6 +61,12 @@ class JobRequest:
     # start order of queued jobs. None = the backend's default (no --nice, i.e. nice 0;
     # locally: ahead of prioritised jobs, in submit order).
     priority: int | None = None
+    # Job ids (of the same backend) that must COMPLETE before this job may start (if one
+    # fails, this job is cancelled), and those that must only have ENDED. Slurm:
+    # --dependency=afterok:..,afterany:.. --kill-on-invalid-dep=yes. Lets a driver submit
+    # ahead (schedule_slurm.py). The local backend starts jobs at submit and refuses both.
+    after: tuple[str, ...] = ()
+    after_end: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,9 @@ class LocalBackend:
     def submit(self, req: JobRequest) -> str:
         if not req.command:
             raise ValueError(f"job {req.name!r}: empty command")
+        if req.after or req.after_end:
+            raise ValueError(f"job {req.name!r}: the local backend starts jobs at submit and cannot wait for "
+                             f"other jobs ({[*req.after, *req.after_end]}); submit it once they ended")
         check_env(req.env)
         req = replace(req, workdir=req.workdir.absolute(), log_path=req.log_path.absolute())
         limit = parse_duration(req.time_limit) if req.time_limit else None

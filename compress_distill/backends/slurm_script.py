@@ -32,6 +32,7 @@ GpuRequest = Literal["gpus-per-node", "gres"]
 # subtracted from the weighted sum (sites weigh it against fair share and age).
 NICE_CEILING = 10_000
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._+=:@-]+")
+_JOB_ID = re.compile(r"[0-9]+(_[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,16 @@ def nice_for(priority: int | None) -> int | None:
     return max(0, NICE_CEILING - int(priority))
 
 
+def dependency_arg(ok: tuple[str, ...], end: tuple[str, ...] = ()) -> str:
+    """--dependency value: afterok on `ok`, afterany on `end`, all required (','). Plain Slurm
+    job ids only: nothing else reaches the flag."""
+    bad = [j for j in (*ok, *end) if not _JOB_ID.fullmatch(j)]
+    if bad:
+        raise ValueError(f"not Slurm job ids: {bad[:3]}")
+    parts = [f"{kind}:" + ":".join(ids) for kind, ids in (("afterok", ok), ("afterany", end)) if ids]
+    return ",".join(parts)
+
+
 def sbatch_argv(req: JobRequest, opts: SlurmOptions, script: Path) -> list[str]:
     """The sbatch command line (argv, no shell) that submits `script` for `req`."""
     argv = ["sbatch", "--parsable", f"--job-name={job_name(req.name)}",
@@ -116,6 +127,8 @@ def sbatch_argv(req: JobRequest, opts: SlurmOptions, script: Path) -> list[str]:
     nice = nice_for(req.priority)
     if nice is not None:
         argv.append(f"--nice={nice}")
+    if req.after or req.after_end:
+        argv += [f"--dependency={dependency_arg(req.after, req.after_end)}", "--kill-on-invalid-dep=yes"]
     argv += list(opts.extra_args)
     argv.append(str(script))
     return argv

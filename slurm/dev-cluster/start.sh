@@ -228,6 +228,10 @@ ReturnToService=2
 DependencyParameters=kill_invalid_depend
 # SIGTERM -> SIGKILL grace on cancel/timeout; short so cancel and TIMEOUT tests end fast
 KillWait=2
+# Any Epilog (here a no-op) makes slurmd report each job's end with an EPILOG_COMPLETE RPC,
+# on which slurmctld runs its scheduler at once: a queued job takes the freed GPUs within
+# milliseconds. Without one, the freed GPUs wait for the next 1-s scheduler or backfill pass.
+Epilog=/bin/true
 # finished jobs stay visible to squeue/scontrol this long (s); sacct keeps them forever
 MinJobAge=600
 JobAcctGatherType=jobacct_gather/none
