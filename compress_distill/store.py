@@ -8,8 +8,9 @@ the manifest inside it is the done marker. A crash leaves only `.tmp/`
 debris, which is never read and is swept when the step runs again.
 
 Two runs never execute the same step at once: `lease()` takes an exclusive
-lease file (O_EXCL) that its holder renews; a lease whose holder stopped
-renewing expires and can be broken.
+lease file (created whole, by hard link) that its holder renews; a lease whose
+holder stopped renewing expires and can be broken, and breaking it never
+removes a fresher lease.
 """
 
 from __future__ import annotations
@@ -194,22 +195,61 @@ class ArtifactStore:
     def _try_take(path: Path, token: str, ttl_s: float) -> bool:
         body = json.dumps({"token": token, "owner": f"{socket.gethostname()}:{os.getpid()}",
                            "expires": time.time() + ttl_s})
+        if _create_whole(path, body, token):
+            return True
+        cur = _read_json(path)
+        if cur is None:
+            # leases are created whole, so an unreadable one is damaged, not half-written:
+            # break it once it is older than a TTL (its holder would have rewritten it)
+            try:
+                if time.time() - path.stat().st_mtime < ttl_s:
+                    return False
+            except FileNotFoundError:
+                return False
+        elif cur.get("expires", 0) > time.time() and not _holder_is_dead(cur):
+            return False
+        _break_stale(path, cur, token)  # expired or its holder is dead: break it, then race again
+        return False
+
+
+def _create_whole(path: Path, body: str, token: str) -> bool:
+    """Create `path` holding `body` if it does not exist, atomically: written to a private
+    file first, then hard-linked into place (fails if `path` exists, like O_EXCL). No reader
+    ever sees the lease empty or half-written."""
+    tmp = path.with_name(f"{path.name}.{token}.new")
+    tmp.write_text(body)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:  # a filesystem without hard links: exclusive create, then write
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            cur = _read_json(path)
-            if cur is not None and cur.get("expires", 0) > time.time() and not _holder_is_dead(cur):
-                return False
-            # Expired, held by a dead process of this host, or an unreadable half-written file:
-            # break it, then race again.
-            with contextlib.suppress(FileNotFoundError):
-                stale = path.with_name(f"{path.name}.{token}.stale")
-                os.rename(path, stale)
-                stale.unlink()
             return False
         with os.fdopen(fd, "w") as f:
             f.write(body)
         return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _break_stale(path: Path, seen: dict[str, Any] | None, token: str) -> None:
+    """Remove the lease read as `seen`, and no other. Between reading it and moving it away,
+    another run may have broken it and taken a fresh lease, or its holder renewed it: then
+    the file moved away is not the one judged stale, and it is put back."""
+    stale = path.with_name(f"{path.name}.{token}.stale")
+    try:
+        os.rename(path, stale)
+    except FileNotFoundError:
+        return
+    if _read_json(stale) != seen:
+        # if a third run took the name meanwhile, its lease stands and this one is lost: its
+        # holder stops renewing when it sees that (three runs racing within milliseconds)
+        with contextlib.suppress(FileExistsError):
+            os.link(stale, path)
+    stale.unlink(missing_ok=True)
 
 
 def _holder_is_dead(lease: Mapping[str, Any]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -115,3 +116,63 @@ def test_two_concurrent_runs_execute_a_step_once(tmp_path: Path, monkeypatch: py
         t.join()
     assert sorted(o.cached for o in outcomes) == [False, True]
     assert store.is_done("prepare", "train-pool", plan.keys["prepare/train-pool"])
+
+
+def test_breaking_a_stale_lease_never_removes_a_fresh_one(tmp_path: Path) -> None:
+    """Run A reads an expired lease; before A moves it away, run B breaks it and takes a fresh
+    lease. A's break must leave B's lease in place."""
+    from compress_distill.store import _break_stale
+
+    lease = tmp_path / "n-k.lease"
+    stale = {"token": "old", "owner": "gone:1", "expires": time.time() - 1}
+    fresh = {"token": "b", "owner": "other:2", "expires": time.time() + 60}
+    lease.write_text(json.dumps(fresh))          # B already replaced the stale lease
+    _break_stale(lease, stale, token="a")        # A acts on what it read earlier
+    assert json.loads(lease.read_text()) == fresh
+    assert list(tmp_path.iterdir()) == [lease]   # no debris
+    lease.write_text(json.dumps(stale))          # and the stale one itself is removed
+    _break_stale(lease, stale, token="a")
+    assert not lease.exists()
+
+
+def test_an_unreadable_lease_is_broken_only_after_a_ttl(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    lease = tmp_path / "s" / ".locks" / "n-k.lease"
+    lease.parent.mkdir(parents=True)
+    lease.write_text("{not json")
+    with pytest.raises(LeaseTimeout):
+        with store.lease("s", "n", "k", timeout_s=0.3, poll_s=0.05, ttl_s=30):
+            pass
+    old = time.time() - 60
+    os.utime(lease, (old, old))
+    with store.lease("s", "n", "k", timeout_s=2, poll_s=0.05, ttl_s=30):
+        assert json.loads(lease.read_text())["token"]
+
+
+def test_racing_runs_never_hold_a_lease_together(tmp_path: Path) -> None:
+    """Eight threads fight over a lease that starts out expired: at no moment do two hold it."""
+    store = ArtifactStore(tmp_path)
+    lease = tmp_path / "s" / ".locks" / "n-k.lease"
+    lease.parent.mkdir(parents=True)
+    lease.write_text(json.dumps({"token": "old", "owner": "gone:1", "expires": time.time() - 1}))
+    holders, overlaps, rounds = [0], [0], [0]
+    guard = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(5):
+            with store.lease("s", "n", "k", timeout_s=30, poll_s=0.001, ttl_s=30):
+                with guard:
+                    holders[0] += 1
+                    overlaps[0] += holders[0] > 1
+                time.sleep(0.002)
+                with guard:
+                    holders[0] -= 1
+                    rounds[0] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert rounds[0] == 40 and overlaps[0] == 0
+    assert not any(p.name != "n-k.lease" for p in lease.parent.iterdir())  # no .new/.stale debris
