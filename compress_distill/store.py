@@ -236,20 +236,33 @@ def _create_whole(path: Path, body: str, token: str) -> bool:
 
 
 def _break_stale(path: Path, seen: dict[str, Any] | None, token: str) -> None:
-    """Remove the lease read as `seen`, and no other. Between reading it and moving it away,
-    another run may have broken it and taken a fresh lease, or its holder renewed it: then
-    the file moved away is not the one judged stale, and it is put back."""
-    stale = path.with_name(f"{path.name}.{token}.stale")
-    try:
-        os.rename(path, stale)
-    except FileNotFoundError:
+    """Remove the lease read as `seen`, and no other.
+
+    Breakers take turns through a guard file, and each re-reads the lease under it: a lease
+    that another breaker already replaced, or that its holder renewed, is left alone. The
+    lease is then moved aside and checked; if its holder released it and another run took a
+    fresh one between the re-read and the move, that one is put back.
+    """
+    guard = path.with_name(f"{path.name}.breaking")
+    if not _create_whole(guard, token, token):
+        with contextlib.suppress(FileNotFoundError):  # its breaker died mid-break (a break takes ms)
+            if time.time() - guard.stat().st_mtime > 10:
+                guard.unlink()
         return
-    if _read_json(stale) != seen:
-        # if a third run took the name meanwhile, its lease stands and this one is lost: its
-        # holder stops renewing when it sees that (three runs racing within milliseconds)
-        with contextlib.suppress(FileExistsError):
-            os.link(stale, path)
-    stale.unlink(missing_ok=True)
+    try:
+        if _read_json(path) != seen:
+            return
+        stale = path.with_name(f"{path.name}.{token}.stale")
+        try:
+            os.rename(path, stale)
+        except FileNotFoundError:
+            return
+        if _read_json(stale) != seen:
+            with contextlib.suppress(FileExistsError):
+                os.link(stale, path)
+        stale.unlink(missing_ok=True)
+    finally:
+        guard.unlink(missing_ok=True)
 
 
 def _holder_is_dead(lease: Mapping[str, Any]) -> bool:
