@@ -51,12 +51,18 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from compress_distill.backends.devcluster import ensure_dev_cluster
+from compress_distill.backends.devcluster import ensure_dev_cluster, partition_nodes
 from compress_distill.backends.slurm_cli import check, run_command
 from compress_distill.config import load_config
 from compress_distill.costmodel import CostModel
 from compress_distill.plan import Node, Plan, build_plan
-from compress_distill.schedule_slurm import DriveResult, read_stamps, run_on_backend, sleep_submitter
+from compress_distill.schedule_slurm import (
+    DriveResult,
+    read_stamps,
+    run_on_backend,
+    sleep_job_name,
+    sleep_submitter,
+)
 from compress_distill.scheduler import (
     Policy,
     Pool,
@@ -81,11 +87,6 @@ def replay_tasks(plan: Plan, cost: CostModel, which: str) -> dict[str, Task]:
         return blocks.index(node.cell.block) if node.cell else 0
 
     return tasks_from_plan(plan, cost, stages=["train"], phase=block)
-
-
-def partition_nodes(partition: str) -> list[str]:
-    out = check(run_command(["sinfo", "-h", "-N", "-p", partition, "-o", "%N"], 20)).stdout.split()
-    return sorted(dict.fromkeys(out))
 
 
 def sacct_times(job_ids: list[str]) -> dict[str, tuple[float, float, str]]:
@@ -137,7 +138,7 @@ def replay(tasks: dict[str, Task], pool: Pool, policy: Policy, scale: float, nod
     wall1 = time.time()
     jobs = [r for r in res.rows if r.job_id]
     # the makespan a user sees: first sbatch -> the last job's own end stamp (not the poll that saw it)
-    stamps = [read_stamps(workdir / tag, f"{tag}-{r.task.replace('/', ':')}") for r in jobs]
+    stamps = [read_stamps(workdir / tag, sleep_job_name(tag, r.task)) for r in jobs]
     first_submit = wall0 + min(r.submit_s for r in jobs)
     stamped_s = max(s[1] for s in stamps if s) - first_submit if all(stamps) else None
     acct = sacct_times([r.job_id for r in jobs if r.job_id])

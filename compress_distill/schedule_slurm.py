@@ -233,21 +233,10 @@ def _gate_jobs(sched: Scheduler, task_id: str, instant: Callable[[Task], bool],
                job_of: Mapping[str, str]) -> list[str] | None:
     """Job ids `task_id` must wait for (through instant tasks, which have none, to their own
     gates); None if one of them is neither submitted nor instant."""
-    out: list[str] = []
-    seen: set[str] = set()
-    todo = sched.gates(task_id)
-    while todo:
-        g = todo.pop()
-        if g in seen:
-            continue
-        seen.add(g)
-        if g in job_of:
-            out.append(job_of[g])
-        elif instant(sched.tasks[g]):
-            todo += sched.gates(g)
-        else:
-            return None
-    return sorted(set(out), key=lambda j: (len(j), j))
+    gates = sched.open_gates(task_id, instant)
+    if any(g not in job_of for g in gates):
+        return None
+    return sorted({job_of[g] for g in gates}, key=lambda j: (len(j), j))
 
 
 def sleep_request(p: Placement, workdir: Path, seconds_per_hour: float, *, tag: str,
@@ -257,7 +246,7 @@ def sleep_request(p: Placement, workdir: Path, seconds_per_hour: float, *, tag: 
     `min_s`) with its GPU count. `stamps`: the job appends its start and end (epoch seconds,
     ns resolution) to `stamp_path(...)`, for makespans finer than sacct's 1 s."""
     seconds = max(p.task.hours * seconds_per_hour, min_s)
-    name = f"{tag}-{p.task.id.replace('/', ':')}"
+    name = sleep_job_name(tag, p.task.id)
     command = ["sleep", f"{seconds:.3f}"]
     if stamps:
         command = ["sh", "-c", 'date +%s.%N >> "$1"; sleep "$2"; date +%s.%N >> "$1"', "sh",
@@ -266,6 +255,11 @@ def sleep_request(p: Placement, workdir: Path, seconds_per_hour: float, *, tag: 
                       log_path=workdir / "logs" / f"{name}.log", kind=p.task.kind, gpus=p.task.gpus,
                       cpus=1, mem="64M", time_limit=str(math.ceil(seconds / 60) + 2), priority=priority,
                       after=after.ok, after_end=after.end)
+
+
+def sleep_job_name(tag: str, task_id: str) -> str:
+    """The name (and stamp file name) of the replay job of `task_id` in the run tagged `tag`."""
+    return f"{tag}-{task_id.replace('/', ':')}"
 
 
 def stamp_path(workdir: Path, name: str) -> Path:

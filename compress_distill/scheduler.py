@@ -278,23 +278,24 @@ class Scheduler:
     def pick(self) -> list[Placement]:
         """Start every eligible task that fits now, best first; returns the placements made."""
         waiting = self.ready()
+        committed = self._committed()  # unchanged by the picks below
         placed: list[Placement] = []
         for tid in waiting:
             task = self.tasks[tid]
             node: int | None = None
             if task.gpus > 0:
-                if self.pool.max_jobs is not None and self._gpu_jobs() + len(self._committed()) >= self.pool.max_jobs:
+                if self.pool.max_jobs is not None and self._gpu_jobs() + len(committed) >= self.pool.max_jobs:
                     continue
-                node = self._fit(task.gpus)
+                node = self._fit(task.gpus, committed)
                 if node is None or self._over_share(task, [t for t in waiting if t in self._ready and t != tid]):
                     continue
             self._start(task, node)
             placed.append(Placement(task, node))
         return placed
 
-    def _fit(self, gpus: int) -> int | None:
+    def _fit(self, gpus: int, committed: list[str]) -> int | None:
         free = list(self.free)
-        for tid in self._committed():  # their GPUs are spoken for on their node
+        for tid in committed:  # their GPUs are spoken for on their node
             node = self.queued[tid]
             if node is not None:
                 free[node] -= self.tasks[tid].gpus
@@ -305,20 +306,27 @@ class Scheduler:
         """Queued GPU tasks the backend may start as soon as their node has room."""
         return [t for t in self.queued if self.tasks[t].gpus > 0 and self.unblocked(t)]
 
-    def unblocked(self, task_id: str) -> bool:
-        """Every gate of `task_id` is done, or is a 0-hour CPU step that is itself unblocked:
-        such a step ends the moment its own gates do, so it holds nothing up."""
+    def open_gates(self, task_id: str, through: Callable[[Task], bool] = lambda t: t.gpus == 0 and t.hours == 0,
+                   ) -> list[str]:
+        """The unfinished gates of `task_id`, looking through those that `through` accepts to
+        their own gates. By default those are 0-hour CPU steps: such a step ends the moment
+        its own gates do, so it holds nothing up by itself."""
+        out: list[str] = []
         todo, seen = self.gates(task_id), set()
         while todo:
             g = todo.pop()
             if g in seen:
                 continue
             seen.add(g)
-            t = self.tasks[g]
-            if t.gpus or t.hours:
-                return False
-            todo += self.gates(g)
-        return True
+            if through(self.tasks[g]):
+                todo += self.gates(g)
+            else:
+                out.append(g)
+        return out
+
+    def unblocked(self, task_id: str) -> bool:
+        """Nothing but 0-hour CPU steps stands between `task_id` and its start."""
+        return not self.open_gates(task_id)
 
     def _over_share(self, task: Task, others: list[str]) -> bool:
         share = self.pool.shares.get(task.kind)

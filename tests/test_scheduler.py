@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from compress_distill.backends.base import JobRequest
+from compress_distill.backends.devcluster import partition_nodes
 from compress_distill.backends.local import LocalBackend
 from compress_distill.backends.slurm import SlurmBackend
 from compress_distill.backends.slurm_cli import check, run_command
@@ -28,6 +29,7 @@ from compress_distill.schedule_slurm import (
     DriveResult,
     read_stamps,
     run_on_backend,
+    sleep_job_name,
     sleep_request,
     sleep_submitter,
 )
@@ -415,8 +417,7 @@ def test_short_replay_on_the_dev_cluster() -> None:
     """A handful of sleep jobs (hours read as seconds) through the real slurmctld: the order,
     the placement and the caps the scheduler decided are what Slurm ran."""
     need_dev_cluster()
-    nodes = sorted(dict.fromkeys(check(run_command(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], 20))
-                                 .stdout.split()))[:2]
+    nodes = partition_nodes()[:2]
     if len(nodes) < 2:
         pytest.skip("needs 2 nodes")
     # Durations far apart compared with Slurm's ~1 s start latency, so the real run takes the
@@ -473,7 +474,7 @@ def test_jobs_submitted_ahead_start_as_their_inputs_end() -> None:
     starts within a fraction of a second of that: not one driver poll (0.5 s here) plus one
     slurmctld pass (up to 1 s) later."""
     need_dev_cluster()
-    node = check(run_command(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], 20)).stdout.split()[0]
+    node = partition_nodes()[0]
     ts = tasks(T("generate/g", 8, 2, kind="vllm"), T("verify/v", 0, 0, ["generate/g"], kind="cpu"),
                T("compress/c", 8, 1, ["verify/v"], kind="vllm"), T("train/t", 4, 1.5, ["compress/c"]),
                T("train/r", 4, 1, ["verify/v"]), T("train/s", 4, 1, ["verify/v"]))
@@ -485,7 +486,7 @@ def test_jobs_submitted_ahead_start_as_their_inputs_end() -> None:
                              poll_s=0.5, timeout_s=90, ahead_s=3.0, seconds_per_hour=1.0,
                              clock=lambda: time.time() - wall0)
         jobs = {r.task: r for r in res.rows if r.job_id}
-        span = {r.job_id: read_stamps(Path(tmp), f"{tag}-{t.replace('/', ':')}") for t, r in jobs.items()}
+        span = {r.job_id: read_stamps(Path(tmp), sleep_job_name(tag, t)) for t, r in jobs.items()}
     assert not res.failed and set(jobs) == {"generate/g", "compress/c", "train/t", "train/r", "train/s"}
     g, c = jobs["generate/g"].job_id, jobs["compress/c"].job_id
     assert jobs["compress/c"].waits_for == (g,)          # through the 0-hour verify step
@@ -506,7 +507,7 @@ def test_a_failed_input_cancels_the_jobs_queued_behind_it() -> None:
     """Dead jobs lose nothing and hang nothing: when a job fails, Slurm cancels what was
     submitted ahead on its output (--kill-on-invalid-dep), and the driver ends, reporting each."""
     need_dev_cluster()
-    node = check(run_command(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], 20)).stdout.split()[0]
+    node = partition_nodes()[0]
     ts = tasks(T("generate/g", 8, 1, kind="vllm"), T("compress/c", 8, 1, ["generate/g"], kind="vllm"),
                T("train/t", 4, 1, ["compress/c"]))
     backend = SlurmBackend(partition="debug", adopt_existing=False, extra_args=(f"--nodelist={node}",))
@@ -580,8 +581,7 @@ def test_raw_trace_cells_run_while_their_teachers_compression_runs_slurm(paper: 
     (at least 1 s each: sub-second jobs hit an accounting race, see the report); start = the
     first poll that saw the job RUNNING."""
     need_dev_cluster()
-    nodes = sorted(dict.fromkeys(check(run_command(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N"], 20))
-                                 .stdout.split()))[:2]
+    nodes = partition_nodes()[:2]
     ts = tasks_from_plan(paper, CostModel())
     pool = Pool.from_profile(paper.config.cluster, nodes=2, gpus_per_node=8)
     prio = {t: math.ceil(h * 60) for t, h in task_priorities(ts).items()}

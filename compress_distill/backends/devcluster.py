@@ -10,6 +10,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from .slurm_cli import check, run_command
+
 log = logging.getLogger(__name__)
 
 DEV_CLUSTER_DIR = Path(__file__).resolve().parents[2] / "slurm" / "dev-cluster"
@@ -49,3 +51,9 @@ def ensure_dev_cluster(timeout: float = 900.0) -> None:
         raise DevClusterUnavailable(f"{script} did not finish within {timeout:g} s") from e
     if res.returncode != 0:
         raise DevClusterUnavailable(f"{script} failed (exit {res.returncode}):\n{res.stderr[-3000:]}")
+
+
+def partition_nodes(partition: str = "debug") -> list[str]:
+    """The partition's node names, sorted (node1, node2, ...)."""
+    out = check(run_command(["sinfo", "-h", "-N", "-p", partition, "-o", "%N"], 20)).stdout.split()
+    return sorted(dict.fromkeys(out))
