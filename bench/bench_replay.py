@@ -46,7 +46,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -72,6 +71,7 @@ from compress_distill.scheduler import (
     simulate_tasks,
     task_priorities,
     tasks_from_plan,
+    with_overhead,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,8 +152,7 @@ def replay(tasks: dict[str, Task], pool: Pool, policy: Policy, scale: float, nod
     # the same simulation with every job longer by the median latency: what is left between
     # it and the measurement is the scheduler's, not Slurm's
     lat_h = statistics.median(overhead) / scale if overhead else 0.0
-    with_lat = simulate_tasks({k: replace(t, hours=t.hours + lat_h) if t.hours > 0 else t
-                               for k, t in tasks.items()}, pool, policy)
+    with_lat = simulate_tasks(with_overhead(tasks, lat_h), pool, policy)
     return {
         "policy": policy, "ahead_s": ahead_s, "tag": tag, "jobs": len(jobs), "polls": res.polls,
         "failed": res.failed, "predicted_h": round(sim.makespan_h, 3),
