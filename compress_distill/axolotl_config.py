@@ -4,14 +4,16 @@
 YAML mapping for one training cell; `dump_yaml` writes it with a header.
 Targets Axolotl 0.19.0 (`slurm/envs/axolotl-cpu-requirements.txt`).
 
-What every cell gets (H.3): base model, the tokenizer's chat template, EOT
-`<|im_end|>` trained per turn, `split_thinking`, bf16 + tf32, sequence length
-16384 with sample packing padded to length, micro batch 1 x grad-accum 8,
-cosine with 10% warmup, one epoch, 5% validation split, FlashAttention 2
-(`attn_implementation: flash_attention_2`; the old `flash_attention: true` is
-deprecated in 0.19), the CutCrossEntropy and Liger plugins (fused RMSNorm,
-RoPE, GLU activation and gated RMSNorm; the gated kernel only acts on
-Qwen3.5's linear-attention layers and is ignored elsewhere).
+What every cell gets (H.3): base model, EOT trained per turn, `split_thinking`,
+bf16 + tf32, sequence length 16384 with sample packing padded to length, micro
+batch 1 x grad-accum 8, cosine with 10% warmup, one epoch, 5% validation split,
+the CutCrossEntropy and Liger plugins (fused RMSNorm, RoPE, GLU activation and
+gated RMSNorm; the gated kernel only acts on Qwen3.5's linear-attention layers
+and is ignored elsewhere). The chat template, EOT tokens, the key the template
+reads the reasoning from (`template_thinking_key`: split_thinking moves the
+`<think>` block there), the attention kernel and weight loading come from the
+student's model family (families.py): H.3's "`<|im_end|>`, FlashAttention 2"
+holds only for Qwen.
 
 Decisions (also in the README):
 - Parallelism. Full fine-tuning of students with `fsdp: true` (8B/9B/20B)
@@ -21,12 +23,14 @@ Decisions (also in the README):
   only for full fine-tuning, the bf16 8B/9B weights (16-18 GB) fit an 80 GB
   H100 next to LoRA states, and H.3's LoRA optimizer `adamw_bnb_8bit` is one
   that Axolotl rejects under FSDP2.
-- FSDP2 + bitsandbytes 8-bit AdamW (`adamw_bnb_8bit`, `adamw_8bit`): Axolotl's
-  validator rejects it (bnb's CUDA ops fail on DTensor shards). H.3 already
-  gives full fine-tuning `adamw_torch_8bit` (torchao, DTensor-aware), so no
-  paper cell meets the case. A config that would produce it is an error at
-  render time naming `adamw_torch_8bit`, rather than a silent swap that would
-  make the config and the cache key lie about the optimizer that ran.
+- FSDP2 + 8-bit optimizers: Axolotl's validator rejects bitsandbytes'
+  (`adamw_bnb_8bit`, `adamw_8bit`), and torchao's (`adamw_torch_8bit`,
+  `adamw_torch_4bit`) cannot save their state under FSDP2 (axolotl#2744,
+  pytorch/ao#1185): Axolotl catches the error and writes checkpoints that
+  cannot resume, so a requeued 12-hour job would restart from zero. Both are an
+  error at render time naming `adamw_torch_fused` (what Axolotl's own FSDP2
+  examples use), rather than a silent swap that would make the config and the
+  cache key lie about the optimizer that ran; paper.yaml overrides it per student.
 - Under FSDP the method's `gradient_checkpointing` becomes
   `fsdp_config.activation_checkpointing` and top-level `gradient_checkpointing`
   is false: transformers refuses both at once.
@@ -51,6 +55,7 @@ from typing import Any
 import yaml
 
 from .config import StudyConfig
+from .families import quantization_config
 from .plan import Cell
 
 AXOLOTL_VERSION = "0.19.0"
@@ -59,15 +64,15 @@ LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 # H.3: "the Liger plugin (fused RMSNorm, RoPE, GLU activation, and gated RMSNorm)".
 LIGER_FLAGS = ("liger_rms_norm", "liger_rope", "liger_glu_activation", "liger_rms_norm_gated")
 # bitsandbytes optimizers that Axolotl 0.19 refuses together with FSDP2.
-FSDP2_INCOMPATIBLE_OPTIMIZERS = frozenset({"adamw_bnb_8bit", "adamw_8bit"})
-FSDP2_OPTIMIZER_FIX = "adamw_torch_8bit"
+FSDP2_INCOMPATIBLE_OPTIMIZERS = frozenset({"adamw_bnb_8bit", "adamw_8bit", "adamw_torch_8bit", "adamw_torch_4bit"})
+FSDP2_OPTIMIZER_FIX = "adamw_torch_fused"
 SAVES_PER_EPOCH = 10  # a requeue loses at most ~10% of an epoch
 SAVE_TOTAL_LIMIT = 2
 LOGGING_STEPS = 10
 
 ALLOWED_KEYS = frozenset({
     # model and tokenizer
-    "base_model", "chat_template", "eot_tokens", "trust_remote_code", "special_tokens",
+    "base_model", "chat_template", "chat_template_jinja", "eot_tokens", "trust_remote_code", "special_tokens",
     "model_quantization_config", "model_quantization_config_kwargs",
     # data
     "datasets", "dataset_prepared_path", "val_set_size", "sequence_len", "sample_packing",
@@ -97,7 +102,7 @@ FSDP_KEYS = frozenset({
 })
 DATASET_KEYS = frozenset({
     "path", "ds_type", "type", "data_files", "split", "field_messages", "roles_to_train",
-    "train_on_eot", "train_on_eos", "split_thinking",
+    "train_on_eot", "train_on_eos", "split_thinking", "template_thinking_key",
 })
 
 
@@ -153,15 +158,20 @@ def render_axolotl_config(
                          "(the TRANSFORMER_BASED_WRAP class, e.g. LlamaDecoderLayer)")
     if fsdp and method.optimizer in FSDP2_INCOMPATIBLE_OPTIMIZERS:
         raise ValueError(
-            f"{where}: optimizer {method.optimizer!r} is not compatible with FSDP2 (Axolotl rejects it: "
-            f"bitsandbytes 8-bit states cannot be sharded). Use {FSDP2_OPTIMIZER_FIX!r}, e.g. "
+            f"{where}: optimizer {method.optimizer!r} is not compatible with FSDP2 (8-bit optimizer states "
+            f"cannot be sharded or saved there: Axolotl rejects bitsandbytes', and torchao's write checkpoints "
+            f"that cannot resume). Use {FSDP2_OPTIMIZER_FIX!r}, e.g. "
             f"students.{cell.student}.method_overrides.{cell.method}.optimizer: {FSDP2_OPTIMIZER_FIX}"
         )
 
+    fam = cfg.family_for(cell.student)
     axo: dict[str, Any] = {
         "base_model": base_model or student.model,
-        "chat_template": tr.chat_template,
-        "eot_tokens": list(tr.eot_tokens),
+        "chat_template": fam.chat_template,
+        **({"chat_template_jinja": fam.template_text()} if fam.template_file else {}),
+        "eot_tokens": list(fam.eot_tokens),
+        **({"special_tokens": dict(fam.special_tokens)} if fam.special_tokens else {}),
+        **quantization_config(fam.quantization),
         "datasets": [{
             "path": str(dataset_path),
             "ds_type": "json",
@@ -170,6 +180,7 @@ def render_axolotl_config(
             "roles_to_train": ["assistant"],
             "train_on_eot": tr.train_on_eot,
             "split_thinking": tr.split_thinking,
+            "template_thinking_key": fam.thinking_key,
         }],
         "dataset_prepared_path": str(prepared_dir or Path(output_dir) / "prepared"),
         "val_set_size": tr.val_set_size,
@@ -186,7 +197,7 @@ def render_axolotl_config(
         "warmup_ratio": tr.warmup_ratio,
         "bf16": tr.bf16,
         "tf32": tr.tf32,
-        "attn_implementation": "flash_attention_2" if tr.flash_attention else "sdpa",
+        "attn_implementation": fam.attn_implementation,
         "gradient_checkpointing": method.gradient_checkpointing and not fsdp,
         "seed": tr.seed,
     }

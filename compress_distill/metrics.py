@@ -2,11 +2,13 @@
 
 Evaluation (paper 5.4, Tables 3, 7, 9), from records with the keys
   id, dataset, group, correct: bool, truncated: bool, completion_tokens: int,
-  reasoning_chars: int, reasoning_tokens: int | None
+  reasoning_chars: int, reasoning_tokens: int | None, failed: bool (optional)
 - per-group accuracy with the binomial standard error sqrt(p(1-p)/n);
 - overall accuracy over *all records* (not the mean of group accuracies) with its SE;
-- mean completion tokens over all records and over the non-truncated ones;
-- truncation rate; median reasoning characters (and tokens, over records that have them);
+  a failed request (`failed`) counts as a wrong answer there, and as `failed`;
+- mean completion tokens over all answered records and over the non-truncated ones;
+- truncation rate and median reasoning characters (and tokens, over records that have
+  them), over answered records: a failed request has no response to measure;
 - Acc/1k tokens = overall accuracy / (mean completion tokens (all) / 1000),
   e.g. 0.528 / (2954 / 1000) = 0.1787 (Table 9).
 
@@ -87,6 +89,7 @@ class EvalMetrics:
     median_reasoning_chars: float | None
     median_reasoning_tokens: float | None
     acc_per_1k_tokens: float | None
+    failed: int = 0  # records whose request failed (scored wrong)
 
     def group(self, name: str) -> GroupAccuracy | None:
         return next((g for g in self.groups if g.group == name), None)
@@ -104,6 +107,7 @@ class EvalMetrics:
             "median_reasoning_chars": self.median_reasoning_chars,
             "median_reasoning_tokens": self.median_reasoning_tokens,
             "acc_per_1k_tokens": self.acc_per_1k_tokens,
+            "failed": self.failed,
         }
         for g in self.groups:
             row[f"acc:{g.group}"] = g.accuracy
@@ -135,6 +139,7 @@ class EvalMetrics:
             median_reasoning_chars=_finite(row.get("median_reasoning_chars")),
             median_reasoning_tokens=_finite(row.get("median_reasoning_tokens")),
             acc_per_1k_tokens=_finite(row.get("acc_per_1k_tokens")),
+            failed=int(_finite(row.get("failed")) or 0),
         )
 
 
@@ -149,12 +154,16 @@ def eval_metrics(records: Iterable[Mapping[str, Any]], groups: Sequence[str] = (
     tokens_all: list[float] = []
     tokens_ok: list[float] = []
     truncated = 0
+    failed = 0
     chars: list[float] = []
     rtoks: list[float] = []
     for r in records:
-        hit = bool(r["correct"])
+        hit = bool(r["correct"]) and not r.get("failed")
         correct.append(hit)
         by_group.setdefault(str(r.get("group") or "Other"), []).append(hit)
+        if r.get("failed"):  # no response: nothing below to measure
+            failed += 1
+            continue
         tok = float(r.get("completion_tokens") or 0)
         tokens_all.append(tok)
         if r.get("truncated"):
@@ -172,6 +181,7 @@ def eval_metrics(records: Iterable[Mapping[str, Any]], groups: Sequence[str] = (
         p = sum(hits) / len(hits) if hits else None
         group_rows.append(GroupAccuracy(g, len(hits), sum(hits), p, binomial_se(p, len(hits))))
     n = len(correct)
+    answered = n - failed
     acc = sum(correct) / n if n else None
     avg_all = _mean(tokens_all)
     return EvalMetrics(
@@ -182,10 +192,11 @@ def eval_metrics(records: Iterable[Mapping[str, Any]], groups: Sequence[str] = (
         groups=tuple(group_rows),
         avg_completion_tokens=avg_all,
         avg_completion_tokens_excl_truncated=_mean(tokens_ok),
-        truncation_rate=truncated / n if n else None,
+        truncation_rate=truncated / answered if answered else None,
         median_reasoning_chars=_median(chars),
         median_reasoning_tokens=_median(rtoks),
         acc_per_1k_tokens=acc_per_1k_tokens(acc, avg_all),
+        failed=failed,
     )
 
 

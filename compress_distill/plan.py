@@ -18,7 +18,7 @@ import fnmatch
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .config import CELL_AXES, StudyConfig
@@ -140,6 +140,12 @@ def expand_cells(cfg: StudyConfig) -> list[Cell]:
     return list(cells.values())
 
 
+def family_identity(cfg: StudyConfig, student: str) -> dict[str, Any]:
+    """The student's resolved family settings, template text included (editing it retrains)."""
+    fam = cfg.family_for(student)
+    return {**asdict(fam), "template_text": fam.template_text()}
+
+
 def _serving_identity(model: str, sampling: Any, max_model_len: int) -> dict[str, Any]:
     # Parallel layout and memory fraction do not change what is generated; the context length does.
     return {"model": model, "sampling": sampling.model_dump(), "max_model_len": max_model_len}
@@ -208,14 +214,13 @@ def build_plan(cfg: StudyConfig) -> Plan:
                     "judge", f"{t}.{cname}",
                     {"model": j.model, "max_tokens": j.max_tokens, "max_model_len": j.serve.max_model_len,
                      "original_max_chars": j.original_max_chars, "compressed_max_chars": j.compressed_max_chars,
-                     "max_attempts": j.max_attempts},
+                     "max_attempts": j.max_attempts, "reasoning_effort": j.reasoning_effort},
                     (*built(j.model), ver, comp_ids[cname]), JobSpec("vllm", j.serve.gpus),
                     refs={"teacher": t, "compressor": cname},
                 )))
         for d in sources_by_teacher[t]:
             src = cfg.data_sources[d]
-            params: dict[str, Any] = {"source": src.model_dump(exclude={"label"}),
-                                      "chat_template": cfg.training.chat_template}
+            params: dict[str, Any] = {"source": src.model_dump(exclude={"label"})}
             deps: tuple[str, ...] = (ver,)
             if src.compressor:
                 cs = cfg.compressors[src.compressor]
@@ -233,7 +238,7 @@ def build_plan(cfg: StudyConfig) -> Plan:
             "train", c.name,
             {"student": st.model, "method": method.model_dump(exclude={"label"}),
              "training": cfg.training.model_dump(exclude={"save_steps"}), "fsdp": st.fsdp and method.kind == "full",
-             "decoder_layer": st.decoder_layer, "world_size": c.gpus},
+             "decoder_layer": st.decoder_layer, "world_size": c.gpus, "family": family_identity(cfg, c.student)},
             (*built(st.model), derive_ids[(c.teacher, c.data)]), JobSpec("train", c.gpus), c,
         ))
         trains.append(tr)

@@ -27,6 +27,7 @@ from .jobscripts import payload_argv, render_node_script
 from .plan import Plan
 from .stages import StageContext, StageResult, stage_function
 from .store import LEASE_TTL_S, ArtifactStore, atomic_write_text, git_revision
+from .weights import job_env
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "_result.json"
@@ -153,18 +154,21 @@ def _run_as_job(ctx: RunContext, node_id: str, tmp: Path) -> str:
     script = job_dir / f"attempt-{stamp}.sh"
     atomic_write_text(script, render_node_script(plan, store, node_id, payload=payload, workdir=Path.cwd(),
                                                  log_dir=job_dir, job_name=name))
-    threads = str(res.cpus_per_task)
+    cpus = res.cpus_for(node.job.gpus)
+    threads = str(cpus)
     req = JobRequest(
         name=name,
         command=["bash", str(script)],
         workdir=Path.cwd(), log_path=log_path, kind=node.job.kind, gpus=node.job.gpus,
-        cpus=res.cpus_per_task, mem=res.mem, time_limit=res.time_limit, priority=ctx.priorities.get(node_id),
+        cpus=cpus, mem=res.mem_for(node.job.gpus), time_limit=res.time_limit, priority=ctx.priorities.get(node_id),
         # PASSIVE: a multi-thread torch job on shared cores otherwise spins at OpenMP barriers (2-5x slower)
         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
              # The dead-orchestrator check is for local subprocesses only (LocalBackend sets the pid).
              # A Slurm job must outlive a restarted orchestrator, which re-attaches to it; only a user
              # cancel (scancel) stops it. Exported empty so an inherited value cannot stop the job.
              PARENT_PID_ENV: "",
+             # the shared HF cache and the Hub offline (cluster.weights): a job never downloads
+             **job_env(plan.config),
              **ctx.extra_env},
     )
     assert ctx.watcher is not None

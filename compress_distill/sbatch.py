@@ -33,6 +33,7 @@ import jinja2
 
 from .config import ClusterProfile, ServeSpec, StudyConfig
 from .plan import Cell
+from .vllm_args import server_argv
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm" / "templates"
 # Seconds before the time limit at which Slurm sends USR1 to a training job's batch shell.
@@ -112,8 +113,10 @@ class Resources:
     gpus: int
     gpu_type: str | None
     gpu_request: str
-    env: str | None
     container: str | None
+    # GPUs the job must see before it starts its work (0 on a `device: cpu` profile, whose GPUs
+    # may be fake): fewer fails the job at once, instead of vLLM or torch quietly using the CPU.
+    require_gpus: int = 0
     requeue_signal_s: int = REQUEUE_SIGNAL_S
 
 
@@ -126,8 +129,9 @@ def resolve_resources(cluster: ClusterProfile, kind: str, gpus: int,
     job = cluster.job(kind)
     res = Resources(
         partition=cluster.partition, account=cluster.account, qos=cluster.qos,
-        time_limit=job.time_limit, cpus_per_task=job.cpus_per_task, mem=job.mem, gpus=gpus,
-        gpu_type=cluster.gpu_type, gpu_request=cluster.gpu_request, env=job.env, container=job.container,
+        time_limit=job.time_limit, cpus_per_task=job.cpus_for(gpus), mem=job.mem_for(gpus), gpus=gpus,
+        gpu_type=cluster.gpu_type, gpu_request=cluster.gpu_request, container=job.container,
+        require_gpus=gpus if cluster.job_device == "gpu" else 0,
     )
     overrides = dict(overrides or {})
     bad = sorted(set(overrides) - set(RESOURCE_KEYS))
@@ -136,8 +140,6 @@ def resolve_resources(cluster: ClusterProfile, kind: str, gpus: int,
     res = replace(res, **overrides)
     if res.gpu_request not in ("gpus-per-node", "gres"):
         raise ValueError(f"gpu_request must be 'gpus-per-node' or 'gres', got {res.gpu_request!r}")
-    if res.env and res.container:
-        raise ValueError(f"job kind {kind!r}: set either env (a venv) or container, not both")
     return res
 
 
@@ -205,24 +207,31 @@ def render_vllm_job(
     client_env: Mapping[str, Any] | None = None, extra_serve_args: Sequence[str] = (),
     kind: str = "vllm", overrides: Mapping[str, Any] | None = None, template_dir: Path | None = None,
     server: str = "vllm", cpu_server_argv: Sequence[str] = (), log_dir: str | Path | None = None,
-    header: bool = True,
+    header: bool = True, template: str = "vllm_job.sh.j2", client_model: str | None = None,
+    **template_data: Any,
 ) -> str:
     """A job that serves `model` with vLLM on 127.0.0.1, waits for /health, runs the client, tears down.
 
-    `server="cpu"`: the project's CPU server (`cpu_server_argv`, default `python -m
-    compress_distill.generation.local_server`) instead of vLLM, for mini-world models on
-    a cluster without GPUs. `log_dir`: where the server log goes (default `workdir`).
-    `header=False`: no #SBATCH lines (a job backend puts the resources on sbatch's argv).
+    The vLLM command line is `vllm_args.server_argv` (the one writer of vLLM flags), from the
+    profile's `envs.vllm` and `device`. `server="cpu"`: the project's CPU server
+    (`cpu_server_argv`, default `python -m compress_distill.generation.local_server`) instead
+    of vLLM, for mini-world models on a cluster without GPUs. `log_dir`: where the server log
+    goes (default `workdir`). `header=False`: no #SBATCH lines (a job backend puts the
+    resources on sbatch's argv). `client_model`: the name the client asks for (default the
+    served name; a LoRA adapter is served under its own name).
     """
     if not client_argv:
         raise ValueError("client_argv is empty: the serving job needs a client command to run")
     res = resolve_resources(cfg.cluster, kind, serve.gpus, overrides)
+    name = served_model_name or model
+    vllm_argv = server_argv(model, serve, env=cfg.cluster.envs.vllm, device=cfg.cluster.job_device,
+                            served_model_name=name, extra=extra_serve_args)
     return _render(
-        "vllm_job.sh.j2", template_dir, header=sbatch_header(res, job_name, log_path) if header else NO_HEADER,
-        res=res, model=model, served_model_name=served_model_name or model, serve=serve,
-        client_argv=list(client_argv), client_env=_check_env_names(client_env or {}),
-        extra_serve_args=list(extra_serve_args), workdir=str(workdir), log_dir=str(log_dir or workdir),
-        **_server_args(server, cpu_server_argv),
+        template, template_dir, header=sbatch_header(res, job_name, log_path) if header else NO_HEADER,
+        res=res, model=model, served_model_name=name, client_model=client_model or name, serve=serve,
+        vllm_argv=vllm_argv, client_argv=list(client_argv), client_env=_check_env_names(client_env or {}),
+        workdir=str(workdir), log_dir=str(log_dir or workdir), **_server_args(server, cpu_server_argv),
+        **template_data,
     )
 
 
@@ -255,6 +264,7 @@ def render_train_job(
         axolotl_config=str(axolotl_config), output_dir=str(output_dir),
         nproc=max(gpus, 1), launcher=launcher, workdir=str(workdir),
         preflight=str(preflight) if preflight else "", trainer_argv=list(trainer_argv),
+        axolotl_env=cfg.cluster.envs.axolotl or "",
     )
 
 
@@ -270,20 +280,26 @@ def render_eval_job(
     serves the base model with the adapter attached under that name
     (`--enable-lora`), so no merge step is needed. `merged=True` (the CPU trainer
     saves LoRA merged into the weights) and `server="cpu"` serve the checkpoint itself.
+    `--generation-config vllm` stops the checkpoint's generation_config.json from adding
+    sampling defaults (top_k, repetition_penalty) to what should be plain greedy decoding.
     """
     ev = cfg.evaluation
     method = cfg.method_for(cell.student, cell.method)
     student = cfg.students[cell.student]
     lora_rank = method.lora.r if method.lora and not merged and server == "vllm" else None
-    if not client_argv:
-        raise ValueError("client_argv is empty: the eval job needs an eval client command to run")
-    res = resolve_resources(cfg.cluster, "eval", ev.serve.gpus, overrides)
-    return _render(
-        "eval_job.sh.j2", template_dir, header=sbatch_header(res, job_name, log_path) if header else NO_HEADER,
-        res=res, model=student.model if lora_rank else str(checkpoint), checkpoint=str(checkpoint),
-        lora_rank=lora_rank, served_model_name="student-base" if lora_rank else "student", serve=ev.serve,
-        client_argv=list(client_argv),
-        client_env=_check_env_names({"CD_EVAL_MAX_TOKENS": ev.max_tokens, "CD_EVAL_TEMPERATURE": ev.temperature}),
-        extra_serve_args=[], workdir=str(workdir), log_dir=str(log_dir or workdir),
-        **_server_args(server, cpu_server_argv),
+    # The family's serve flags (Qwen3.5: --language-model-only). A LoRA adapter is served on its base
+    # model with the tokenizer Axolotl saved beside it: that one carries the chat template the cell
+    # trained with (a Llama-3.1 base tokenizer has none).
+    extra = ["--generation-config", "vllm", *cfg.family_for(cell.student).serve_args]
+    if lora_rank:
+        extra += ["--enable-lora", "--max-lora-rank", str(lora_rank), "--lora-modules", f"student={checkpoint}",
+                  "--tokenizer", str(checkpoint)]
+    return render_vllm_job(
+        cfg, job_name=job_name, model=student.model if lora_rank else str(checkpoint), serve=ev.serve,
+        client_argv=client_argv, workdir=workdir, log_path=log_path,
+        served_model_name="student-base" if lora_rank else "student", client_model="student",
+        client_env={"CD_EVAL_MAX_TOKENS": ev.max_tokens, "CD_EVAL_TEMPERATURE": ev.temperature},
+        extra_serve_args=extra, kind="eval", overrides=overrides, template_dir=template_dir, server=server,
+        cpu_server_argv=cpu_server_argv, log_dir=log_dir, header=header, template="eval_job.sh.j2",
+        checkpoint=str(checkpoint),
     )

@@ -42,19 +42,13 @@ def render(cfg, cell, **kw):
 
 
 COMMON = {
-    "chat_template": "tokenizer_default",
-    "eot_tokens": ["<|im_end|>"],
-    "datasets": [{
-        "path": "/data/train.jsonl", "ds_type": "json", "type": "chat_template", "field_messages": "messages",
-        "roles_to_train": ["assistant"], "train_on_eot": "turn", "split_thinking": True,
-    }],
     "dataset_prepared_path": "/out/run/prepared",
     "output_dir": "/out/run",
     "val_set_size": 0.05,
     "sequence_len": 16384, "sample_packing": True, "pad_to_sequence_len": True,
     "micro_batch_size": 1, "gradient_accumulation_steps": 8, "num_epochs": 1,
     "lr_scheduler": "cosine", "warmup_ratio": 0.1,
-    "bf16": True, "tf32": True, "attn_implementation": "flash_attention_2",
+    "bf16": True, "tf32": True,
     "plugins": [CCE_PLUGIN, LIGER_PLUGIN], "cut_cross_entropy": True,
     "liger_rms_norm": True, "liger_rope": True, "liger_glu_activation": True, "liger_rms_norm_gated": True,
     "seed": 42,
@@ -62,8 +56,35 @@ COMMON = {
 }
 
 
+def dataset_entry(thinking_key: str) -> list[dict]:
+    return [{"path": "/data/train.jsonl", "ds_type": "json", "type": "chat_template", "field_messages": "messages",
+             "roles_to_train": ["assistant"], "train_on_eot": "turn", "split_thinking": True,
+             "template_thinking_key": thinking_key}]
+
+
+# Per family (families.py): what H.3's "tokenizer template, <|im_end|>, FlashAttention 2" becomes
+# where the model proves it wrong. Each row is checked against Axolotl's own examples in the README.
+FAMILY_KEYS = {
+    "Qwen/Qwen3.5-0.8B-Base": {"chat_template": "qwen3_5", "eot_tokens": ["<|im_end|>"],
+                               "attn_implementation": "flash_attention_2",
+                               "datasets": dataset_entry("reasoning_content")},
+    "Qwen/Qwen3.5-9B-Base": {"chat_template": "qwen3_5", "eot_tokens": ["<|im_end|>"],
+                             "attn_implementation": "flash_attention_2",
+                             "datasets": dataset_entry("reasoning_content")},
+    "meta-llama/Llama-3.1-8B": {"chat_template": "jinja", "eot_tokens": ["<|eot_id|>"],
+                                "special_tokens": {"pad_token": "<|finetune_right_pad_id|>"},
+                                "attn_implementation": "flash_attention_2",
+                                "datasets": dataset_entry("reasoning_content")},
+    "openai/gpt-oss-20b": {"chat_template": "tokenizer_default", "eot_tokens": ["<|end|>"],
+                           "attn_implementation": "kernels-community/vllm-flash-attn3",
+                           "model_quantization_config": "Mxfp4Config",
+                           "model_quantization_config_kwargs": {"dequantize": True},
+                           "datasets": dataset_entry("thinking")},
+}
+
+
 def assert_common(axo: dict) -> None:
-    for key, value in COMMON.items():
+    for key, value in {**COMMON, **FAMILY_KEYS[axo["base_model"]]}.items():
         assert axo[key] == value, key
 
 
@@ -94,8 +115,21 @@ def test_full_fsdp_cell(paper, cells):
     }
     # transformers refuses FSDP activation checkpointing together with gradient_checkpointing
     assert axo["gradient_checkpointing"] is False
-    assert axo["optimizer"] == "adamw_torch_8bit" and axo["learning_rate"] == 1.0e-5
+    # torchao's 8-bit states cannot be saved under FSDP2 (axolotl#2744): paper.yaml overrides H.3's optimizer
+    assert axo["optimizer"] == "adamw_torch_fused" and axo["learning_rate"] == 1.0e-5
     assert "adapter" not in axo
+
+
+def test_llama_template_renders_the_trace_and_eot(paper, cells):
+    """The Llama-3.1 base model ships no template: ours renders reasoning_content and ends turns with <|eot_id|>."""
+    import jinja2
+
+    axo = render(paper, cells["qwen3.5-397b.llama-3.1-8b.full.raw"])
+    template = jinja2.Environment().from_string(axo["chat_template_jinja"])
+    text = template.render(bos_token="<|begin_of_text|>", add_generation_prompt=False, messages=[
+        {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A", "reasoning_content": "step 1"}])
+    assert text == ("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nQ?<|eot_id|>"
+                    "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\nstep 1\n</think>\n\nA<|eot_id|>")
 
 
 @pytest.mark.parametrize("student,layer", [("llama-3.1-8b", "LlamaDecoderLayer"),
@@ -114,11 +148,12 @@ def test_small_full_cell_is_ddp(paper, cells):
     assert not any(k.startswith("fsdp") for k in axo) and "adapter" not in axo
 
 
-def test_fsdp2_with_bnb_8bit_is_an_error_naming_the_fix(paper, cells):
+@pytest.mark.parametrize("optimizer", ["adamw_bnb_8bit", "adamw_torch_8bit"])
+def test_fsdp2_with_8bit_optimizer_is_an_error_naming_the_fix(paper, cells, optimizer):
     data = yaml.safe_load(PAPER.read_text())
-    data["students"]["qwen3.5-9b"]["method_overrides"] = {"full": {"optimizer": "adamw_bnb_8bit"}}
+    data["students"]["qwen3.5-9b"]["method_overrides"] = {"full": {"optimizer": optimizer}}
     cfg = parse_config(data)
-    with pytest.raises(ValueError, match="adamw_torch_8bit") as err:
+    with pytest.raises(ValueError, match="adamw_torch_fused") as err:
         render(cfg, cells["qwen3.5-397b.qwen3.5-9b.full.raw"])
     assert "FSDP2" in str(err.value) and "method_overrides" in str(err.value)
 
@@ -145,9 +180,9 @@ def test_whitelist_rejects_misspelled_keys(paper, cells):
 
 def test_overlay_merges_whitelisted_keys(paper, cells):
     cell = cells["qwen3.5-397b.gpt-oss-20b.full.raw"]
-    axo = render(paper, cell, overlay={"model_quantization_config": "Mxfp4Config",
+    axo = render(paper, cell, overlay={"model_quantization_config_kwargs": {"dequantize": False},
                                        "fsdp_config": {"cpu_ram_efficient_loading": True}})
-    assert axo["model_quantization_config"] == "Mxfp4Config"
+    assert axo["model_quantization_config_kwargs"] == {"dequantize": False}
     assert axo["fsdp_config"]["cpu_ram_efficient_loading"] is True
     assert axo["fsdp_config"]["transformer_layer_cls_to_wrap"] == "GptOssDecoderLayer"
 
@@ -176,7 +211,11 @@ def test_cpu_overlay(paper, cells):
         assert axo["attn_implementation"] == "sdpa"
         assert axo["sample_packing"] is False and axo["dataloader_pin_memory"] is False
         assert "8bit" not in axo["optimizer"]
-        assert axo["datasets"] == COMMON["datasets"]  # the data and the chat template stay the same
+        # the data, the chat template and the EOT tokens stay the same; only GPU kernels and weights loading go
+        full = render(paper, cells[name])
+        assert {k: axo[k] for k in ("datasets", "chat_template", "eot_tokens")} == {
+            k: full[k] for k in ("datasets", "chat_template", "eot_tokens")}
+        assert "model_quantization_config" not in axo
     lora = cpu_overlay(render(paper, cells["qwen3.5-397b.llama-3.1-8b.lora.raw"]))
     assert (lora["lora_mlp_kernel"], lora["lora_qkv_kernel"], lora["lora_o_kernel"]) == (False, False, False)
     assert lora["lora_r"] == 64

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,15 @@ import pytest
 import yaml
 
 from compress_distill.axolotl_config import render_axolotl_config, validate_keys
-from compress_distill.config import parse_config
+from compress_distill.config import ConfigError, parse_config
+from compress_distill.envs import LOCAL_DEFAULTS
 from compress_distill.plan import build_plan
 from compress_distill.training import axolotl_backend as ab
 from compress_distill.training.loss_log import SCHEMA
 
 from .conftest import CONFIGS
 
-AXOLOTL_PY = Path(os.environ.get(ab.ENV_VAR) or ab.DEFAULT_ENV) / "bin" / "python"
+AXOLOTL_PY = LOCAL_DEFAULTS["axolotl"] / "bin" / "python"
 _REQUIRED = os.environ.get("COMPRESS_DISTILL_REQUIRE_AXOLOTL") == "1"
 needs_axolotl = pytest.mark.skipif(not AXOLOTL_PY.exists() and not _REQUIRED, reason=(
     f"{AXOLOTL_PY} missing: build it with `bash scripts/setup-axolotl.sh` (~7 min, 4.3 GB)"))
@@ -49,8 +51,9 @@ def _cell(data: dict[str, Any], method: str) -> tuple[Any, Any]:
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_cpu_overlay_only_without_gpus(method: str, tmp_path: Path) -> None:
     data = _mini_ci(max_steps=STEPS)
-    data["training"].update(bf16=True, tf32=True, flash_attention=True, sample_packing=True,
+    data["training"].update(bf16=True, tf32=True, sample_packing=True,
                             plugins=["axolotl.integrations.liger.LigerPlugin"])
+    data["students"]["tiny"]["attn_implementation"] = None  # the family's: flash_attention_2
     cfg, cell = _cell(data, method)
     kw: dict[str, Any] = {"dataset": tmp_path / "train.jsonl", "output_dir": tmp_path / "out", "base_model": "m"}
     gpu = ab.cell_config(cfg, cell, gpus=1, **kw)
@@ -86,10 +89,31 @@ def test_loss_rows_from_trainer_state() -> None:
     assert [r["tokens_seen"] for r in ab.loss_rows(resumed, {})] == [2048, 4096, 6144]  # counter restarts
 
 
-def test_missing_env_names_the_setup_script(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(ab.ENV_VAR, str(tmp_path / "nope"))
+def test_env_comes_from_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _mini_ci()
+    monkeypatch.setitem(LOCAL_DEFAULTS, "axolotl", tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="setup-axolotl.sh"):
-        ab.axolotl_env()
+        ab.axolotl_env(parse_config(data))
+    data["cluster"]["envs"] = {"axolotl": str(tmp_path / "named")}
+    with pytest.raises(FileNotFoundError, match="cluster.envs.axolotl"):
+        ab.axolotl_env(parse_config(data))
+    # a GPU Slurm profile must name it: the config is refused before any job runs
+    data["cluster"].update(backend="slurm", gpus_per_node=8, envs={"vllm": "/v"})
+    with pytest.raises(ConfigError, match="cluster.envs.axolotl"):
+        parse_config(data)
+
+
+def test_gpu_profile_never_falls_back_to_cpu(tmp_path: Path) -> None:
+    """A `device: gpu` job whose Axolotl env sees no GPU fails, naming the count; only `device: cpu` trains on CPU."""
+    data = _mini_ci()
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "python").symlink_to(sys.executable)  # a torch that sees no GPU here
+    data["cluster"].update(envs={"axolotl": str(env)}, device="gpu")
+    with pytest.raises(RuntimeError, match="asked for 2 GPU"):
+        ab.train_gpus(parse_config(data), env, 2)
+    data["cluster"]["device"] = "cpu"
+    assert ab.train_gpus(parse_config(data), env, 2) == 0
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -16,10 +17,12 @@ from compress_distill.generation.client import (
     Completion,
     Failure,
     GenerationError,
+    PromptTooLong,
     RequestRejected,
     RetriesExhausted,
     Sampling,
     normalize_message,
+    prompt_token_bound,
 )
 from compress_distill.generation.fake_server import FakeServer, Reply, SeenRequest, completion, fail_first
 
@@ -84,6 +87,19 @@ def test_completion_records_usage_latency_model_and_request_id() -> None:
     assert req.request_id == "q1" and req.path == "/v1/chat/completions"
     assert {k: req.body[k] for k in ("model", "temperature", "top_p", "max_tokens", "seed", "n")} == \
         {"model": "m", "temperature": 0.3, "top_p": 0.9, "max_tokens": 16, "seed": 5, "n": 1}
+
+
+def test_reasoning_effort_is_a_request_field_sent_only_when_set() -> None:
+    class Spec:  # config.SamplingSpec's attributes
+        temperature, top_p, max_tokens, seed, batch_size, reasoning_effort = 0.6, 0.95, 16, 3, 8, "high"
+
+    with FakeServer(ok) as srv:
+        cfg = ClientConfig(model="m", base_url=srv.base_url)
+        run(_one(cfg, "with", Sampling.from_spec(Spec())))
+        run(_one(cfg, "without", Sampling(max_tokens=16)))
+    with_effort, without = (r.body for r in srv.requests)
+    assert with_effort["reasoning_effort"] == "high" and with_effort["seed"] == 3
+    assert "reasoning_effort" not in without
 
 
 def test_split_reasoning_field_is_normalised() -> None:
@@ -216,3 +232,91 @@ def test_concurrency_cap_bounds_requests_in_flight() -> None:
         results = run(_many(ClientConfig(model="m", base_url=srv.base_url, max_concurrency=3), keys))
     assert sorted(r.key for r in results) == sorted(keys) and all(isinstance(r, Completion) for r in results)
     assert state["max"] == 3
+
+
+# --- requests fit the context ------------------------------------------------------------------------------
+
+CONTEXT_400 = ('{"object": "error", "message": "This model\'s maximum context length is 1000 tokens. However, you '
+               'requested 1100 tokens (900 in the messages, 200 in the completion).", "code": 400}')
+
+
+def tokenizing(count: int, max_model_len: int | None = 1000, chat: Callable[[SeenRequest], Reply] = ok,
+               ) -> Callable[[SeenRequest], Reply]:
+    """A vLLM-like script: `/tokenize` at the root counts `count` prompt tokens; chat answers `chat`."""
+    def script(r: SeenRequest) -> Reply:
+        if r.path == "/tokenize":
+            return Reply(200, {"count": count, "max_model_len": max_model_len, "tokens": list(range(count))})
+        return chat(r)
+    return script
+
+
+def _long(n_bytes: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": "x" * n_bytes}]
+
+
+async def _fit(cfg: ClientConfig, messages: list[dict[str, str]], max_tokens: int) -> Completion | Failure:
+    async with ChatClient(cfg) as c:
+        return [r async for r in c.complete_many([ChatRequest("k", messages, Sampling(max_tokens=max_tokens))])][0]
+
+
+def test_prompt_within_the_byte_bound_is_sent_without_counting() -> None:
+    assert prompt_token_bound(MSGS) == len(MSGS[0]["content"].encode()) + 128 + 8
+    assert prompt_token_bound([{"role": "user", "content": "é"}]) == 2 + 136  # bytes, not characters
+    with FakeServer(tokenizing(10)) as srv:
+        c = run(_fit(ClientConfig(model="m", base_url=srv.base_url, max_model_len=1000), MSGS, 200))
+    assert isinstance(c, Completion) and c.max_tokens_sent is None
+    assert [r.path for r in srv.requests] == ["/v1/chat/completions"] and srv.requests[0].body["max_tokens"] == 200
+
+
+def test_long_prompt_is_counted_by_tokenize_and_max_tokens_clipped() -> None:
+    with FakeServer(tokenizing(900)) as srv:
+        c = run(_fit(ClientConfig(model="m", base_url=srv.base_url, max_model_len=1000), _long(3000), 200))
+    tok, chat = srv.requests
+    assert tok.path == "/tokenize" and tok.body == {"model": "m", "messages": _long(3000), "add_generation_prompt": True}
+    assert chat.body["max_tokens"] == 100 and isinstance(c, Completion) and c.max_tokens_sent == 100
+    assert c.to_record()["max_tokens_sent"] == 100
+
+
+def test_a_counted_prompt_that_still_fits_is_not_clipped() -> None:
+    with FakeServer(tokenizing(700)) as srv:
+        c = run(_fit(ClientConfig(model="m", base_url=srv.base_url, max_model_len=1000), _long(3000), 200))
+    assert isinstance(c, Completion) and c.max_tokens_sent is None and srv.requests[1].body["max_tokens"] == 200
+
+
+def test_prompt_longer_than_the_context_is_a_failure_and_never_sent() -> None:
+    with FakeServer(tokenizing(1000)) as srv:
+        f = run(_fit(ClientConfig(model="m", base_url=srv.base_url, max_model_len=1000), _long(5000), 200))
+        with pytest.raises(PromptTooLong, match="1000 tokens"):
+            run(_one(ClientConfig(model="m", base_url=srv.base_url, max_model_len=1000),
+                     sampling=Sampling(max_tokens=2000)))
+    assert isinstance(f, Failure) and (f.kind, f.attempts) == ("prompt_too_long", 0) and "not sent" in f.error
+    assert all(r.path == "/tokenize" for r in srv.requests)
+
+
+def test_context_length_400_is_refitted_once_with_the_servers_count() -> None:
+    """No max_model_len configured: the server's 400 sends the client to /tokenize, which names the limit."""
+    chat = lambda r: Reply(400, CONTEXT_400) if r.body["max_tokens"] > 100 else ok(r)  # noqa: E731
+    with FakeServer(tokenizing(900, chat=chat)) as srv:
+        c = run(_fit(ClientConfig(model="m", base_url=srv.base_url, **FAST), MSGS, 200))
+    assert [(r.path, (r.body.get("max_tokens"))) for r in srv.requests] == \
+        [("/v1/chat/completions", 200), ("/tokenize", None), ("/v1/chat/completions", 100)]
+    assert isinstance(c, Completion) and c.max_tokens_sent == 100 and c.attempts == 2
+
+
+def test_context_length_400_that_refitting_cannot_fix_stays_a_rejection() -> None:
+    # the server keeps refusing, and /tokenize says there is room: one refit, then the 400 stands
+    with FakeServer(tokenizing(100, chat=lambda r: Reply(400, CONTEXT_400))) as srv:
+        f = run(_fit(ClientConfig(model="m", base_url=srv.base_url, **FAST), MSGS, 200))
+    assert isinstance(f, Failure) and (f.kind, f.status) == ("rejected", 400)
+    assert [r.path for r in srv.requests] == ["/v1/chat/completions", "/tokenize"]
+
+
+def test_a_server_without_tokenize_gets_max_tokens_unclipped_once_asked() -> None:
+    script = lambda r: Reply(404, "no route") if r.path == "/tokenize" else ok(r)  # noqa: E731
+    with FakeServer(script) as srv:
+        async def two() -> list[Completion]:
+            async with ChatClient(ClientConfig(model="m", base_url=srv.base_url, max_model_len=1000)) as c:
+                return [await c.complete(ChatRequest(k, _long(3000), Sampling(max_tokens=200))) for k in "ab"]
+        results = run(two())
+    assert all(r.max_tokens_sent is None for r in results)
+    assert [r.path for r in srv.requests] == ["/tokenize", "/v1/chat/completions", "/v1/chat/completions"]

@@ -13,8 +13,8 @@ import yaml
 
 from compress_distill.compression import COMPRESSED_SCHEMA
 from compress_distill.config import parse_config
-from compress_distill.generation.client import GenerationError
 from compress_distill.generation.fake_server import FakeServer, Reply, SeenRequest, completion
+from compress_distill.generation.sharded import TooManyFailedRequests
 from compress_distill.plan import build_plan
 from compress_distill.stages import StageContext
 from compress_distill.stages.judge import run as judge_run
@@ -27,10 +27,11 @@ GOOD = {"faithfulness": 5, "coverage": 4, "clarity": 5, "verdict": "faithful", "
 IDS = ["q-good", "q-fenced", "q-retry", "q-never", "q-empty"]
 
 
-def _ctx(tmp_path: Path, max_attempts: int = 3) -> StageContext:
+def _ctx(tmp_path: Path, max_attempts: int = 3, max_failed_fraction: float = 0.0) -> StageContext:
     raw = yaml.safe_load((CONFIGS / "mini-ci.yaml").read_text())
     raw["judge"] = {"enabled": True, "model": "fake-judge", "max_attempts": max_attempts,
-                    "serve": {"tensor_parallel": 1, "data_parallel": 1, "max_model_len": 4096}}
+                    "max_failed_fraction": max_failed_fraction, "reasoning_effort": "low",
+                    "serve": {"tensor_parallel": 1, "data_parallel": 1, "max_model_len": 32768}}
     plan = build_plan(parse_config(raw, "<test>"))
     node = next(n for n in plan.nodes.values() if n.stage == "judge")
     verify, comp = tmp_path / "verify", tmp_path / "compress"
@@ -76,7 +77,7 @@ srv_requests: list[SeenRequest] = []
 
 
 def test_judge_stage_validates_retries_and_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ctx = _ctx(tmp_path)
+    ctx = _ctx(tmp_path, max_failed_fraction=0.2)  # q-never's invalid verdict is 1 of 5
     with FakeServer(_script) as srv:
         srv_requests[:] = []
         srv.script = lambda r: (srv_requests.append(r), _script(r))[1]
@@ -86,7 +87,7 @@ def test_judge_stage_validates_retries_and_counts(tmp_path: Path, monkeypatch: p
     body = sent[0].body
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["schema"]["properties"]["verdict"]
-    assert body["temperature"] == 0.0
+    assert body["temperature"] == 0.0 and body["reasoning_effort"] == "low"
     rows = {r["id"]: r for r in pq.read_table(ctx.out / "verdicts.parquet").to_pylist()}
     assert set(rows) == set(IDS)  # nothing dropped
     assert rows["q-good"]["verdict"] == "faithful" and rows["q-good"]["attempts"] == 1
@@ -98,6 +99,9 @@ def test_judge_stage_validates_retries_and_counts(tmp_path: Path, monkeypatch: p
     assert not any("4 + 1" in r.body["messages"][1]["content"] for r in sent)
     assert len(sent) == 1 + 1 + 2 + 3
     assert result.metrics["no_verdict"] == 1 and result.metrics["judged"] == 4
+    assert result.metrics["failed_requests"] == 1 and result.metrics["failed_by_kind"] == {"invalid_verdict": 1}
+    (failure,) = json.loads((ctx.out / "failed_requests.json").read_text())
+    assert failure["id"] == "q-never" and failure["kind"] == "invalid_verdict" and "schema" in failure["error"]
     table = json.loads((ctx.out / "table10.json").read_text())
     overall = next(t for t in table if t["dataset"] == "Overall")
     assert overall["n"] == 4 and overall["n_failed"] == 1
@@ -112,7 +116,7 @@ def test_server_errors_fail_the_stage_and_a_rerun_asks_only_those(tmp_path: Path
 
     with FakeServer(flaky) as srv:
         monkeypatch.setenv("CD_SERVER_URL", srv.base_url)
-        with pytest.raises(GenerationError, match="1 of 5 judge requests failed"):
+        with pytest.raises(TooManyFailedRequests, match=r"1 of 5 requests failed \(20.0%.*q-good.*judge\.max_failed"):
             judge_run(ctx)
         first = len(srv.requests)
         srv.script = lambda r: Reply(200, completion(json.dumps(GOOD)))
@@ -121,3 +125,18 @@ def test_server_errors_fail_the_stage_and_a_rerun_asks_only_those(tmp_path: Path
     assert {_question_of(r) for r in again} == {"0"}  # only the failed id is asked again
     rows = pq.read_table(ctx.out / "verdicts.parquet").to_pylist()
     assert len(rows) == len(IDS) and all(r["verdict"] for r in rows)
+
+
+def test_invalid_verdicts_fail_the_node_by_default_and_stay_final(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = _ctx(tmp_path)
+    with FakeServer(_script) as srv:
+        srv_requests[:] = []
+        srv.script = lambda r: (srv_requests.append(r), _script(r))[1]
+        monkeypatch.setenv("CD_SERVER_URL", srv.base_url)
+        with pytest.raises(TooManyFailedRequests, match=r"1 of 5 requests failed.*invalid_verdict.*q-never"):
+            judge_run(ctx)
+        first = len(srv.requests)
+        with pytest.raises(TooManyFailedRequests, match="q-never"):
+            judge_run(ctx)
+        assert len(srv.requests) == first  # an invalid verdict is final: a rerun does not ask again

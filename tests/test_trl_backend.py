@@ -31,7 +31,7 @@ from compress_distill.training.trl_backend import RESULT_FILE, prepare_run, trai
 STEPS = 20
 TRAINING = TrainingSpec(backend="trl", sequence_len=128, sample_packing=False, pad_to_sequence_len=False,
                         micro_batch_size=16, gradient_accumulation_steps=1, num_epochs=1, warmup_ratio=0.1,
-                        bf16=False, tf32=False, flash_attention=False)
+                        bf16=False, tf32=False)
 FULL = MethodSpec(kind="full", label="Full", learning_rate=3e-3, optimizer="adamw_torch",
                   gradient_checkpointing=False)
 LORA = MethodSpec(kind="lora", label="LoRA", learning_rate=1e-2, optimizer="adamw_torch",

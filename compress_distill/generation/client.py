@@ -12,18 +12,26 @@
   and the text normalised to `<think>{reasoning}</think>{content}`, whether the
   server sent raw `<think>` tags in `content` or a split `reasoning_content`
   / `reasoning` field (vLLM reasoning parsers).
+- Requests fit the context (`ClientConfig.max_model_len`): vLLM answers 400 when
+  prompt + max_tokens exceeds it. A cheap byte bound clears most prompts; the
+  others are counted by the server's `POST /tokenize` and max_tokens is clipped
+  to what is left (`Completion.max_tokens_sent`). A prompt that leaves no room
+  is not sent: `PromptTooLong`, a `prompt_too_long` failure. A context-length
+  400 that still comes back is re-fitted once with the exact count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import random
+import re
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -32,6 +40,15 @@ log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # Rejections that say the whole run is misconfigured, not this one item (wrong key, wrong model, wrong URL).
 RUN_FATAL_STATUS = frozenset({401, 403, 404, 405})
+# vLLM: "This model's maximum context length is N tokens. However, you requested M tokens (...)".
+CONTEXT_ERROR = re.compile(r"maximum context length|context length", re.IGNORECASE)
+# The byte bound's allowance for what the chat template adds around the contents (role headers,
+# special tokens; harmony models add a system header of their own). Too small only costs a 400
+# and one /tokenize round trip; too large only costs a /tokenize call for borderline prompts.
+TEMPLATE_OVERHEAD_TOKENS = 128
+MESSAGE_OVERHEAD_TOKENS = 8
+MIN_COMPLETION_TOKENS = 1  # a prompt leaving less room than this is not sent
+T = TypeVar("T")
 
 
 class GenerationError(RuntimeError):
@@ -60,6 +77,15 @@ class MalformedResponse(GenerationError):
     """A 200 whose body is not a chat completion (proxy glitch, crashed worker): treated as transient."""
 
 
+class PromptTooLong(GenerationError):
+    """The prompt leaves no room for a completion within the model's context: not sent."""
+
+    def __init__(self, prompt_tokens: int, max_model_len: int):
+        self.prompt_tokens, self.max_model_len = prompt_tokens, max_model_len
+        super().__init__(f"the prompt has {prompt_tokens} tokens, the model's context {max_model_len}: "
+                         f"no room for a completion (not sent)")
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     model: str
@@ -72,6 +98,7 @@ class ClientConfig:
     retry_after_max_s: float = 120.0  # a server's Retry-After is honoured up to this
     timeout_s: float = 600.0  # per attempt; long reasoning traces take minutes on a busy server
     connect_timeout_s: float = 10.0
+    max_model_len: int | None = None  # the served context; set: max_tokens is clipped to fit (module doc)
 
 
 @dataclass(frozen=True)
@@ -81,11 +108,13 @@ class Sampling:
     max_tokens: int = 1024
     seed: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. response_format, stop, top_k
+    reasoning_effort: str | None = None  # "low" / "medium" / "high"; sent only when set
 
     @classmethod
     def from_spec(cls, spec: Any, **overrides: Any) -> Sampling:
         """From config.SamplingSpec (or anything with the same attributes)."""
-        kw = {k: getattr(spec, k) for k in ("temperature", "top_p", "max_tokens", "seed") if hasattr(spec, k)}
+        names = ("temperature", "top_p", "max_tokens", "seed", "reasoning_effort")
+        kw = {k: getattr(spec, k) for k in names if hasattr(spec, k)}
         return cls(**{**kw, **overrides})
 
 
@@ -114,6 +143,7 @@ class Completion:
     completion_tokens: int | None
     latency_s: float  # of the attempt that succeeded
     attempts: int
+    max_tokens_sent: int | None = None  # set when max_tokens was clipped to fit the context: the value sent
 
     @property
     def empty(self) -> bool:
@@ -129,12 +159,22 @@ class Failure:
 
     key: str
     error: str
-    kind: str  # "retries_exhausted" | "rejected"
+    kind: str  # "retries_exhausted" | "rejected" | "prompt_too_long"
     attempts: int
     status: int | None = None
 
     def to_record(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_error(cls, key: str, err: GenerationError) -> Failure:
+        if isinstance(err, RequestRejected):
+            return cls(key, str(err), "rejected", 1, err.status)
+        if isinstance(err, RetriesExhausted):
+            return cls(key, str(err), "retries_exhausted", err.attempts)
+        if isinstance(err, PromptTooLong):
+            return cls(key, str(err), "prompt_too_long", 0)
+        return cls(key, str(err), "error", 0)
 
 
 def normalize_message(message: Mapping[str, Any], finish_reason: str | None) -> tuple[str, str | None, str, bool | None]:
@@ -182,6 +222,9 @@ class ChatClient:
         timeout = httpx.Timeout(cfg.timeout_s, connect=cfg.connect_timeout_s)
         self._http = httpx.AsyncClient(base_url=cfg.base_url.rstrip("/"), headers=headers, limits=limits,
                                        timeout=timeout)
+        # vLLM serves /tokenize at the server root, not under /v1
+        self._root = cfg.base_url.rstrip("/").removesuffix("/v1")
+        self._no_tokenize = False  # set once the server showed it has no /tokenize
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -199,19 +242,87 @@ class ChatClient:
         return text.replace(self._secret, "[REDACTED]") if self._secret else text
 
     async def complete(self, req: ChatRequest) -> Completion:
-        """One chat completion with retries. Raises RequestRejected or RetriesExhausted."""
+        """One chat completion with retries. Raises RequestRejected, RetriesExhausted or PromptTooLong."""
+        max_tokens = await self._fit(req, exact=False)
+        try:
+            return await self._chat(req, max_tokens)
+        except RequestRejected as e:
+            if e.status != 400 or not CONTEXT_ERROR.search(e.body_excerpt):
+                raise
+            # The server counts differently from our bound or its /tokenize (or its context is smaller
+            # than configured): fit once more on its exact count, and give up if that changes nothing.
+            refit = await self._fit(req, exact=True, fallback=e)
+            if refit >= max_tokens:
+                raise
+            log.info("request %s: context-length 400 with max_tokens %d; retrying with %d", req.key, max_tokens,
+                     refit)
+            c = await self._chat(req, refit)
+            return dataclasses.replace(c, attempts=c.attempts + 1)
+
+    async def _chat(self, req: ChatRequest, max_tokens: int) -> Completion:
+        s = req.sampling
         body: dict[str, Any] = {"model": self.cfg.model, "messages": req.messages, "n": 1,
-                                "temperature": req.sampling.temperature, "top_p": req.sampling.top_p,
-                                "max_tokens": req.sampling.max_tokens, **req.sampling.extra}
-        if req.sampling.seed is not None:
-            body["seed"] = req.sampling.seed
+                                "temperature": s.temperature, "top_p": s.top_p, "max_tokens": max_tokens, **s.extra}
+        if s.seed is not None:
+            body["seed"] = s.seed
+        if s.reasoning_effort is not None:
+            body["reasoning_effort"] = s.reasoning_effort
+        clipped = max_tokens if max_tokens < s.max_tokens else None
+        c, attempts, latency = await self._send("/chat/completions", body, req.header_id,
+                                                lambda resp: self._parse(req.key, resp))
+        return dataclasses.replace(c, latency_s=round(latency, 4), attempts=attempts, max_tokens_sent=clipped)
+
+    async def _fit(self, req: ChatRequest, *, exact: bool, fallback: RequestRejected | None = None) -> int:
+        """max_tokens clipped to what the context leaves after the prompt (module doc)."""
+        requested, limit = req.sampling.max_tokens, self.cfg.max_model_len
+        if not exact and (limit is None or prompt_token_bound(req.messages) + requested <= limit):
+            return requested
+        counted = await self._count_tokens(req)
+        if counted is None:  # no /tokenize here: the server decides, as it would without a limit
+            if fallback is not None:
+                raise fallback
+            return requested
+        count, server_limit = counted
+        limit = server_limit or limit  # the server's own context is the one that rejects
+        if limit is None:
+            return requested
+        if limit - count < MIN_COMPLETION_TOKENS:
+            raise PromptTooLong(count, limit)
+        return min(requested, limit - count)
+
+    async def _count_tokens(self, req: ChatRequest) -> tuple[int, int | None] | None:
+        """(prompt tokens, the server's max_model_len) from vLLM's `POST /tokenize` at the server root;
+        None when the server has no such route (other OpenAI-compatible servers) or it fails."""
+        if self._no_tokenize:
+            return None
+        body = {"model": self.cfg.model, "messages": req.messages, "add_generation_prompt": True}
+        try:
+            data, _, _ = await self._send(self._root + "/tokenize", body, req.header_id, _parse_tokenize)
+        except (RequestRejected, _NotVllmTokenize) as e:
+            if isinstance(e, _NotVllmTokenize) or e.status in (404, 405):
+                log.warning("%s has no vLLM /tokenize (%s): prompts are not counted, the server decides",
+                            self._root, e)
+                self._no_tokenize = True
+                return None
+            if e.run_fatal:  # a wrong key fails the chat request too: say so now
+                raise
+            log.warning("request %s: /tokenize refused it (%s); sending max_tokens unclipped", req.key, e)
+            return None
+        except RetriesExhausted as e:
+            log.warning("request %s: /tokenize failed (%s); sending max_tokens unclipped", req.key, e)
+            return None
+        return data
+
+    async def _send(self, path: str, body: dict[str, Any], header_id: str,
+                    parse: Callable[[httpx.Response], T]) -> tuple[T, int, float]:
+        """POST with retries: (parsed 200 body, attempts, latency of the last attempt)."""
         last = ""
         for attempt in range(1, self.cfg.max_attempts + 1):
             retry_after: float | None = None
             async with self._sem:
                 t0 = time.monotonic()
                 try:
-                    resp = await self._http.post("/chat/completions", json=body, headers={"X-Request-Id": req.header_id})
+                    resp = await self._http.post(path, json=body, headers={"X-Request-Id": header_id})
                 except httpx.UnsupportedProtocol as e:  # "localhost:8000" without http://: config, not transient
                     raise GenerationError(f"bad base_url {self.cfg.base_url!r}: {e}") from e
                 except httpx.RequestError as e:  # connect/read errors, timeouts, undecodable bodies
@@ -221,7 +332,7 @@ class ChatClient:
             if resp is not None:
                 if resp.status_code == 200:
                     try:
-                        return self._parse(req.key, resp, latency, attempt)
+                        return parse(resp), attempt, latency
                     except MalformedResponse as e:
                         last = str(e)
                 elif resp.status_code in RETRY_STATUS:
@@ -232,7 +343,7 @@ class ChatClient:
             if attempt == self.cfg.max_attempts:
                 break
             delay = self._backoff(attempt, retry_after)
-            log.warning("request %s attempt %d/%d failed (%s); retrying in %.2fs", req.key, attempt,
+            log.warning("request %s attempt %d/%d failed (%s); retrying in %.2fs", header_id, attempt,
                         self.cfg.max_attempts, last, delay)
             await asyncio.sleep(delay)
         raise RetriesExhausted(self.cfg.max_attempts, last)
@@ -271,9 +382,9 @@ class ChatClient:
         except RequestRejected as e:
             if e.run_fatal:
                 raise
-            return Failure(req.key, str(e), "rejected", 1, e.status)
-        except RetriesExhausted as e:
-            return Failure(req.key, str(e), "retries_exhausted", e.attempts)
+            return Failure.from_error(req.key, e)
+        except (RetriesExhausted, PromptTooLong) as e:
+            return Failure.from_error(req.key, e)
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         cap = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (attempt - 1))
@@ -286,7 +397,7 @@ class ChatClient:
     def _excerpt(self, resp: httpx.Response, n: int = 500) -> str:
         return self._redact(resp.text[:n].replace("\n", " "))
 
-    def _parse(self, key: str, resp: httpx.Response, latency: float, attempts: int) -> Completion:
+    def _parse(self, key: str, resp: httpx.Response) -> Completion:
         try:
             data = resp.json()
             choice = data["choices"][0]
@@ -302,7 +413,36 @@ class ChatClient:
         return Completion(key=key, model=data.get("model") or self.cfg.model, response=response, reasoning=reasoning,
                           content=content, think_closed=closed, finish_reason=finish,
                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-                          latency_s=round(latency, 4), attempts=attempts)
+                          latency_s=0.0, attempts=0)  # _chat fills both in
+
+
+def prompt_token_bound(messages: Iterable[Mapping[str, Any]]) -> int:
+    """An upper bound on the prompt's tokens, without a tokenizer: UTF-8 bytes of the contents plus the
+    template's allowance. A byte-level BPE (GPT-2, Qwen, Llama 3) or a byte-fallback SentencePiece
+    (Llama 2, Mistral) never makes more tokens than bytes: every token covers at least one byte (the
+    odd word-boundary piece of SentencePiece is within the per-message allowance)."""
+    msgs = list(messages)
+    content = sum(len(_text(m.get("content")).encode()) for m in msgs)
+    return content + TEMPLATE_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(msgs)
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, list):  # content parts
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+class _NotVllmTokenize(GenerationError):
+    """/tokenize answered 200 but not vLLM's shape: some other server's route, not a passing glitch."""
+
+
+def _parse_tokenize(resp: httpx.Response) -> tuple[int, int | None]:
+    try:
+        data = resp.json()
+        count, limit = int(data["count"]), data.get("max_model_len")
+    except (ValueError, KeyError, TypeError) as e:
+        raise _NotVllmTokenize(f"HTTP 200 from /tokenize without a count ({type(e).__name__})") from e
+    return count, int(limit) if isinstance(limit, int) else None
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

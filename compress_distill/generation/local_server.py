@@ -2,14 +2,20 @@
 
     python -m compress_distill.generation.local_server MODEL_DIR --port 8000
 
-Endpoints: POST /v1/chat/completions, GET /v1/models, GET /health. It honours
-temperature (0 = greedy), top_p, seed, max_tokens (or max_completion_tokens)
-and reports finish_reason "stop"/"length" and usage, like vLLM. Unsupported
-requests (n > 1, stream, logprobs, tools) get a 400 rather than being silently
-ignored; a wrong `model` gets a 404. `response_format` IS ignored, as some
-production servers do: callers that need a schema validate client-side.
-`--reasoning-split` moves the think block into `reasoning_content`, as vLLM's
-reasoning parsers do.
+Endpoints: POST /v1/chat/completions, POST /tokenize, GET /v1/models, GET /health.
+It honours temperature (0 = greedy), top_p, seed, max_tokens (or
+max_completion_tokens) and reports finish_reason "stop"/"length" and usage, like
+vLLM. Unsupported requests (n > 1, stream, logprobs, tools) get a 400 rather than
+being silently ignored; a wrong `model` gets a 404. `response_format` and
+`reasoning_effort` ARE ignored, as some production servers do: callers that need
+a schema validate client-side, and these tiny models have no effort levels.
+Other unknown fields are ignored too. `--reasoning-split` moves the think block
+into `reasoning_content`, as vLLM's reasoning parsers do.
+
+Like vLLM, a prompt plus max_tokens beyond the context (`--max-model-len`, at
+most the model's own) is a 400 naming both counts, and `POST /tokenize` (at the
+root, as vLLM serves it) takes {model, messages, add_generation_prompt} and
+answers {count, max_model_len, tokens}: the client clips max_tokens with it.
 
 Why not `transformers serve` (5.23, measured here with a 100k-parameter
 Qwen3, 1 torch thread): it needs the `openai` package (not installed); it
@@ -110,15 +116,18 @@ class Handler(BaseHTTPRequestHandler):
         rid = self.headers.get("X-Request-Id") or uuid.uuid4().hex
         entry: dict[str, Any] = {"request_id": rid, "path": self.path, "t_start": time.time()}
         try:
-            if self.path != "/v1/chat/completions":
+            route = {"/v1/chat/completions": self._chat, "/tokenize": self._tokenize}.get(self.path)
+            if route is None:
                 raise BadRequest(404, f"no route POST {self.path}", "NotFoundError")
             try:
                 body = json.loads(raw)
             except json.JSONDecodeError as e:
                 raise BadRequest(400, f"request body is not JSON: {e}") from e
-            resp = self._chat(body)
-            entry.update(status=200, finish_reason=resp["choices"][0]["finish_reason"], batch=resp.pop("_batch"),
-                         **resp["usage"])
+            resp = route(body)
+            if "usage" in resp:
+                entry.update(finish_reason=resp["choices"][0]["finish_reason"], batch=resp.pop("_batch"),
+                             **resp["usage"])
+            entry["status"] = 200
             status, payload = 200, resp
         except BadRequest as e:
             entry.update(status=e.status, error=e.message)
@@ -136,25 +145,37 @@ class Handler(BaseHTTPRequestHandler):
         entry["latency_s"] = round(time.monotonic() - t0, 4)
         self.server.record(entry)
 
-    def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        srv = self.server
+    def _check_model(self, body: Any, *, optional: bool = False) -> None:
         if not isinstance(body, dict):
             raise BadRequest(400, "request body must be a JSON object")
-        if body.get("model") not in srv.served_names:
+        if optional and body.get("model") is None:  # vLLM's /tokenize: the model may be left out
+            return
+        if body.get("model") not in self.server.served_names:
             raise BadRequest(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+
+    def _messages(self, body: dict[str, Any]) -> list[Any]:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequest(400, "messages must be a non-empty list")
+        return messages
+
+    def _tokenize(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._check_model(body, optional=True)
+        ids = _prompt_ids(self.server.tokenizer, self._messages(body), bool(body.get("add_generation_prompt", True)))
+        return {"count": len(ids), "max_model_len": self.server.max_context, "tokens": ids}
+
+    def _chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        srv = self.server
+        self._check_model(body)
         if body.get("n", 1) != 1:
             raise BadRequest(400, "n > 1 is not supported by this server; send one request per sample")
         for unsupported in ("stream", "logprobs", "tools"):
             if body.get(unsupported):
                 raise BadRequest(400, f"{unsupported} is not supported by this server")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise BadRequest(400, "messages must be a non-empty list")
-        prompt_ids = _prompt_ids(srv.tokenizer, messages)
+        prompt_ids = _prompt_ids(srv.tokenizer, self._messages(body))
         room = srv.max_context - len(prompt_ids)
         if room < 1:
-            raise BadRequest(400, f"This model's maximum context length is {srv.max_context} tokens; the prompt "
-                                  f"alone has {len(prompt_ids)}.")
+            raise BadRequest(400, _context_error(srv.max_context, len(prompt_ids), 0))
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or min(512, room)
         temperature = 1.0 if body.get("temperature") is None else body["temperature"]  # null = default, as OpenAI
         top_p = 1.0 if body.get("top_p") is None else body["top_p"]
@@ -162,8 +183,7 @@ class Handler(BaseHTTPRequestHandler):
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise BadRequest(400, f"max_tokens must be a positive integer, got {max_tokens!r}")
         if max_tokens > room:
-            raise BadRequest(400, f"This model's maximum context length is {srv.max_context} tokens; the prompt "
-                                  f"has {len(prompt_ids)} and max_tokens asks for {max_tokens}.")
+            raise BadRequest(400, _context_error(srv.max_context, len(prompt_ids), max_tokens))
         if not isinstance(temperature, int | float) or temperature < 0:
             raise BadRequest(400, f"temperature must be >= 0, got {temperature!r}")
         if not isinstance(top_p, int | float) or not 0 < top_p <= 1:
@@ -190,7 +210,14 @@ class Handler(BaseHTTPRequestHandler):
         }
 
 
-def _prompt_ids(tokenizer: Any, messages: list[Any]) -> list[int]:
+def _context_error(max_context: int, prompt: int, completion: int) -> str:
+    """vLLM's wording, so clients that recognise its context-length 400 recognise this one."""
+    return (f"This model's maximum context length is {max_context} tokens. However, you requested "
+            f"{prompt + completion} tokens ({prompt} in the messages, {completion} in the completion). "
+            f"Please reduce the length of the messages or completion.")
+
+
+def _prompt_ids(tokenizer: Any, messages: list[Any], add_generation_prompt: bool = True) -> list[int]:
     norm = []
     for m in messages:
         if not isinstance(m, dict) or "role" not in m:
@@ -199,7 +226,7 @@ def _prompt_ids(tokenizer: Any, messages: list[Any]) -> list[int]:
         if isinstance(content, list):  # OpenAI content parts: keep the text ones
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         norm.append({"role": m["role"], "content": content})
-    text = tokenizer.apply_chat_template(norm, tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(norm, tokenize=False, add_generation_prompt=add_generation_prompt)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -220,7 +247,8 @@ def _error(message: str, kind: str) -> dict[str, Any]:
 
 def build_server(model_dir: str, host: str = "127.0.0.1", port: int = 0, *, served_names: list[str] | None = None,
                  max_batch: int = 32, batch_wait_ms: float = 5.0, threads: int = 1, seed: int = 0,
-                 reasoning_split: bool = False, request_log: Path | None = None) -> ModelServer:
+                 reasoning_split: bool = False, request_log: Path | None = None,
+                 max_model_len: int | None = None) -> ModelServer:
     """Load the model and bind the socket (port 0 = any free port); call serve_forever() to run."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -236,6 +264,8 @@ def build_server(model_dir: str, host: str = "127.0.0.1", port: int = 0, *, serv
                          batch_wait_s=batch_wait_ms / 1000, seed=seed)
     engine.start()
     ctx = int(getattr(model.config, "max_position_embeddings", 2048))
+    if max_model_len is not None:  # like vLLM's --max-model-len: a smaller context than the model's
+        ctx = min(ctx, max_model_len)
     return ModelServer((host, port), tok, engine, served_names=served_names or [model_dir], max_context=ctx,
                        reasoning_split=reasoning_split, request_log=request_log)
 
@@ -298,12 +328,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seeds requests that bring no seed")
     ap.add_argument("--reasoning-split", action="store_true", help="return the think block as reasoning_content")
     ap.add_argument("--request-log", type=Path, help="append one JSON line per request (id, status, usage)")
+    ap.add_argument("--max-model-len", type=int, help="context in tokens, prompt + completion (default: the model's)")
     ap.add_argument("--ready-file", type=Path, help="written once serving: {base_url, pid}")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     srv = build_server(a.model_dir, a.host, a.port, served_names=a.served_model_name, max_batch=a.max_batch,
                        batch_wait_ms=a.batch_wait_ms, threads=a.threads, seed=a.seed,
-                       reasoning_split=a.reasoning_split, request_log=a.request_log)
+                       reasoning_split=a.reasoning_split, request_log=a.request_log, max_model_len=a.max_model_len)
     host, port = srv.server_address[:2]
     base_url = f"http://{_url_host(str(host))}:{port}/v1"
     if a.ready_file:  # atomic: a reader never sees half a file

@@ -9,6 +9,9 @@ A round that finished gets a `_COMPLETE.json` marker with its statistics.
 Resume is at (round, id) granularity: a restarted run skips closed rounds,
 skips ids already recorded in the open round, and redoes only the rest (ids
 whose request failed are redone too; they are in `failed-*.jsonl`, not lost).
+A failed request in an early round falls to the next round like a wrong
+answer; one in the last round has no next round, so `unanswered_after` counts
+it and a rerun reopens the last round to re-ask only those ids.
 `OUT/run.json` pins what makes the attempts comparable (model, sampling,
 prompt); resuming with different values is an error, not a silent mix.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import hashlib
 import importlib
 import inspect
@@ -41,7 +45,8 @@ from compress_distill.generation.client import (
     GenerationError,
     Sampling,
 )
-from compress_distill.generation.shards import ShardWriter, scan
+from compress_distill.generation.sharded import unanswered
+from compress_distill.generation.shards import ShardScan, ShardWriter, scan
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +153,10 @@ async def run_rejection(questions: Iterable[Mapping[str, Any]], verify: Verifier
         rdir = round_dir(out, rnd)
         marker = rdir / "_COMPLETE.json"
         prior = scan(rdir)
-        if marker.exists():  # closed round: its failures already carried into the next round
-            solved |= {k for k, r in prior.records.items() if r["correct"] and k in qs}
+        # A closed round's failures carried into the next round; the last round's have nowhere to go.
+        reopen = rnd == rounds and any(qid not in prior.records for qid in pending)
+        if marker.exists() and not reopen:
+            solved |= _solved(prior, qs)
             continue
         t0 = time.monotonic()
         todo = [qid for qid in pending if qid not in prior.records]
@@ -175,7 +182,7 @@ async def run_rejection(questions: Iterable[Mapping[str, Any]], verify: Verifier
                 writer.write(_attempt_record(res, q, rnd, judge(res, q)))
         done = scan(rdir)
         records = {k: r for k, r in done.records.items() if k in qs}
-        newly = {k for k, r in records.items() if r["correct"]}
+        newly = _solved(done, qs)
         solved |= newly
         rs = RoundStats(rnd, len(pending), requested, len(newly),
                         dict(Counter(r["reject_reason"] for r in records.values() if r["reject_reason"])),
@@ -188,6 +195,21 @@ async def run_rejection(questions: Iterable[Mapping[str, Any]], verify: Verifier
     return stats
 
 
+def unanswered_after(out_dir: str | Path, question_ids: Iterable[str], rounds: int) -> list[dict[str, Any]]:
+    """Failure rows (id, kind, error) of the unsolved ids whose last-round request failed: the requests
+    that rejection sampling lost, as opposed to answers it rejected."""
+    ids = list(question_ids)
+    qs = dict.fromkeys(ids)
+    solved: set[str] = set()
+    for rnd in range(1, rounds):
+        solved |= _solved(scan(round_dir(out_dir, rnd)), qs)
+    return unanswered([i for i in ids if i not in solved], scan(round_dir(out_dir, rounds)))
+
+
+def _solved(scanned: ShardScan, qs: Mapping[str, Any]) -> set[str]:
+    return {k for k, r in scanned.records.items() if r["correct"] and k in qs}
+
+
 def _attempt_record(c: Completion, q: Mapping[str, Any], rnd: int, o: Outcome) -> dict[str, Any]:
     return {
         "id": c.key, "round": rnd, "dataset": q.get("dataset"), "domain": q.get("domain"),
@@ -195,7 +217,7 @@ def _attempt_record(c: Completion, q: Mapping[str, Any], rnd: int, o: Outcome) -
         "response": c.response, "reasoning_chars": len(c.reasoning or ""), "think_closed": c.think_closed,
         "correct": o.correct, "extracted": o.extracted, "truncated": o.truncated, "reject_reason": o.reject_reason,
         "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-        "latency_s": c.latency_s, "attempts": c.attempts,
+        "latency_s": c.latency_s, "attempts": c.attempts, "max_tokens_sent": c.max_tokens_sent,
     }
 
 
@@ -212,13 +234,13 @@ def _index(questions: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any
 
 
 def _with_seed(s: Sampling, seed: int | None) -> Sampling:
-    return Sampling(s.temperature, s.top_p, s.max_tokens, seed, s.extra)
+    return dataclasses.replace(s, seed=seed)
 
 
 def _pin_run(out: Path, model: str, sampling: Sampling, system_prompt: str | None, require_think: bool) -> None:
     pin = {"model": model, "temperature": sampling.temperature, "top_p": sampling.top_p,
            "max_tokens": sampling.max_tokens, "seed": sampling.seed, "extra": dict(sampling.extra),
-           "system_prompt": system_prompt, "require_think": require_think}
+           "reasoning_effort": sampling.reasoning_effort, "system_prompt": system_prompt, "require_think": require_think}
     path = out / "run.json"
     if path.exists():
         old = json.loads(path.read_text())
@@ -261,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reasoning-effort", choices=("low", "medium", "high"), help="sent as the request field")
+    ap.add_argument("--max-model-len", type=int, help="the served context: max_tokens is clipped to fit it")
     ap.add_argument("--system-prompt")
     ap.add_argument("--verifier", default=DEFAULT_VERIFIER, help="module:function")
     ap.add_argument("--no-require-think", action="store_true", help="accept correct answers without a think block")
@@ -269,8 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     questions = [json.loads(line) for line in a.questions.read_text().splitlines() if line.strip()]
     cfg = ClientConfig(model=a.model, base_url=a.base_url, api_key_env=a.api_key_env,
-                       max_concurrency=a.concurrency, max_attempts=a.max_attempts)
-    sampling = Sampling(a.temperature, a.top_p, a.max_tokens, a.seed)
+                       max_concurrency=a.concurrency, max_attempts=a.max_attempts, max_model_len=a.max_model_len)
+    sampling = Sampling(a.temperature, a.top_p, a.max_tokens, a.seed, reasoning_effort=a.reasoning_effort)
 
     async def go() -> None:
         async with ChatClient(cfg) as client:

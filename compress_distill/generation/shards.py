@@ -9,7 +9,8 @@ Each line is flushed to the OS as soon as it is written (a killed process
 loses nothing it wrote) and fsynced every `fsync_every` lines (a machine crash
 loses at most that many, which are then redone). On reading, an unparsable
 final line is a torn write: it is skipped and counted, and its item is redone.
-`done_ids(dir)` is the resume set; failures are NOT done, so they are retried.
+`done_ids(dir)` is the resume set; failures are NOT done, so they are retried:
+a rerun re-asks exactly the ids in `ShardScan.open_failures()`.
 `compact_to_parquet` turns a finished directory into one zstd Parquet table.
 """
 
@@ -91,6 +92,11 @@ class ShardScan:
     corrupt: int = 0  # unparsable lines before the end of a file: should never happen; logged
     duplicates: int = 0  # a second record for a finished id (e.g. two writers raced): ignored
     files: int = 0
+
+    def open_failures(self) -> dict[str, dict[str, Any]]:
+        """The latest failure of each id that has no record (a later success closes a failure)."""
+        # failures are in file-name order, and a writer's tag sorts in write order: the last one wins
+        return {f["id"]: f for f in self.failures if f["id"] not in self.records}
 
 
 def scan(directory: str | Path) -> ShardScan:

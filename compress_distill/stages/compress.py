@@ -2,7 +2,9 @@
 
 The compressor output becomes the new reasoning; the raw trace's final answer
 is re-attached unchanged. Requests are sharded in the node's work dir, so a
-killed job resumes without re-asking finished ids.
+killed job resumes without re-asking finished ids. Failed requests are counted
+(`failed_requests`, `failed_requests.json`) and past the compressor's
+`max_failed_fraction` fail the node; a rerun re-asks only them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ..compression import COMPRESSED_SCHEMA, assemble, compression_inputs, compression_stats
 from ..generation.client import ChatRequest, ClientConfig, Sampling
-from ..generation.sharded import complete_into_shards
+from ..generation.sharded import check_failures, clipped_count, complete_into_shards, unanswered
 from ..generation.shards import scan
 from ..serving import api_key_env, model_endpoint, tokenizer_ref
 from ..store import write_parquet
@@ -31,17 +33,20 @@ def run(ctx: StageContext) -> StageResult:
     if todo:
         with model_endpoint(spec.model, log_path=ctx.work / "server.log") as ep:
             cfg = ClientConfig(model=ep.model, base_url=ep.base_url, api_key_env=api_key_env(),
-                               max_concurrency=spec.sampling.batch_size)
+                               max_concurrency=spec.sampling.batch_size, max_model_len=spec.serve.max_model_len)
             sampling = Sampling.from_spec(spec.sampling)
             complete_into_shards(cfg, (ChatRequest(r["id"], [{"role": "user", "content": r["prompt"]}], sampling)
                                        for r in todo), shard_dir)
-    done = scan(shard_dir).records
+    scanned = scan(shard_dir)
+    failed = check_failures(ctx.node.id, unanswered([r["id"] for r in requests], scanned), len(requests),
+                            max_fraction=spec.max_failed_fraction,
+                            config_key=f"compressors.{comp_name}.max_failed_fraction", out_dir=ctx.out)
+    done = scanned.records
     by_id = {t["id"]: t for t in traces}
-    rows, failed = [], []
+    rows = []
     for r in requests:
         rec = done.get(r["id"])
-        if rec is None:
-            failed.append(r["id"])  # exhausted retries: in the failed-requests file, counted here
+        if rec is None:  # a failed request: in failed_requests.json, counted above
             continue
         t = by_id[r["id"]]
         rows.append(assemble(r["id"], t["response"], rec.get("content") or rec.get("response"),
@@ -52,7 +57,8 @@ def run(ctx: StageContext) -> StageResult:
     stats = compression_stats(rows, tok)
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=1))
     overall = next((s for s in stats if s["dataset"] == "Overall"), {})
-    return StageResult({"compressed.parquet": n}, {**req_stats, "failed_requests": len(failed),
+    return StageResult({"compressed.parquet": n}, {**req_stats, **failed,
+                                                   "clipped_requests": clipped_count(done.values()),
                                                    "mean_rho": overall.get("mean_rho"),
                                                    "ratio_of_means": overall.get("ratio_of_means")})
 

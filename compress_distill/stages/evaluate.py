@@ -2,20 +2,25 @@
 
 Records (one per question) and the paper's metrics (per-group accuracy with
 SE, overall accuracy, completion tokens, truncation rate, median reasoning
-length, Acc/1k tokens) are published.
+length, Acc/1k tokens) are published. A question whose request failed is a
+record too (`failed: true`, scored wrong, empty response), never dropped: past
+`evaluation.max_failed_fraction` the node fails instead, and a rerun re-asks
+only the failed ids.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
 from ..extraction import split_think, verify_batch
 from ..generation.client import ChatRequest, ClientConfig, Sampling
 from ..generation.rejection import build_messages
-from ..generation.sharded import complete_into_shards
+from ..generation.sharded import check_failures, clipped_count, complete_into_shards, unanswered
 from ..generation.shards import scan
 from ..metrics import eval_metrics
 from ..serving import api_key_env, model_endpoint
@@ -34,24 +39,34 @@ def run(ctx: StageContext) -> StageResult:
         model_dir = ctx.input("train") / "model"
         with model_endpoint(str(model_dir), log_path=ctx.work / "server.log") as ep:
             cfg = ClientConfig(model=ep.model, base_url=ep.base_url, api_key_env=api_key_env(),
-                               max_concurrency=ev.batch_size)
+                               max_concurrency=ev.batch_size, max_model_len=ev.serve.max_model_len)
             sampling = Sampling(temperature=ev.temperature, max_tokens=ev.max_tokens, seed=0)
             complete_into_shards(cfg, (ChatRequest(q["id"], build_messages(q), sampling) for q in todo), shard_dir)
-    done = scan(shard_dir).records
+    scanned = scan(shard_dir)
+    failed = check_failures(ctx.node.id, unanswered([q["id"] for q in questions], scanned), len(questions),
+                            max_fraction=ev.max_failed_fraction, config_key="evaluation.max_failed_fraction",
+                            out_dir=ctx.out)
+    done = scanned.records
     answered = [q for q in questions if q["id"] in done]
     verdicts = verify_batch([{**q, "response": done[q["id"]]["response"]} for q in answered], workers=1)
-    records = []
-    for q, v in zip(answered, verdicts, strict=True):
-        c = done[q["id"]]
-        split = split_think(c["response"])
-        cut = c.get("finish_reason") == "length" or v.truncated
-        records.append({"id": q["id"], "dataset": q["dataset"], "group": group_of[q["dataset"]],
-                        "correct": bool(v.correct), "truncated": bool(cut), "extracted": v.extracted,
-                        "completion_tokens": int(c.get("completion_tokens") or 0),
-                        "reasoning_chars": len(split.reasoning), "response": c["response"]})
-    missing = len(questions) - len(answered)
+    scored = {q["id"]: _record(q, group_of[q["dataset"]], done[q["id"]], v)
+              for q, v in zip(answered, verdicts, strict=True)}
+    records = [scored.get(q["id"]) or _failed_record(q, group_of[q["dataset"]]) for q in questions]
     n = write_parquet(records, ctx.out / "records.parquet")
     metrics = eval_metrics(records, list(ev.groups)).to_row()
     Path(ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return StageResult({"records.parquet": n}, {**metrics, "failed_requests": missing})
+    return StageResult({"records.parquet": n}, {**metrics, **failed, "clipped_requests": clipped_count(done.values())})
 
+
+def _record(q: Mapping[str, Any], group: str, c: Mapping[str, Any], v: Any) -> dict[str, Any]:
+    split = split_think(c["response"])
+    cut = c.get("finish_reason") == "length" or v.truncated
+    return {"id": q["id"], "dataset": q["dataset"], "group": group, "correct": bool(v.correct),
+            "truncated": bool(cut), "extracted": v.extracted, "completion_tokens": int(c.get("completion_tokens") or 0),
+            "reasoning_chars": len(split.reasoning), "response": c["response"], "failed": False}
+
+
+def _failed_record(q: Mapping[str, Any], group: str) -> dict[str, Any]:
+    """A question whose request failed: scored wrong, with nothing to measure."""
+    return {"id": q["id"], "dataset": q["dataset"], "group": group, "correct": False, "truncated": False,
+            "extracted": None, "completion_tokens": 0, "reasoning_chars": 0, "response": "", "failed": True}

@@ -1,10 +1,13 @@
 """Train one student cell with Axolotl 0.19, in its own environment, as a subprocess.
 
 The cell's config is the one the cluster renders (`axolotl_config.render_axolotl_config`,
-one code path); when the job sees no GPU, `cpu_overlay` plus `CPU_RUN` below make it
-run on CPU. `axolotl.cli.train` then runs from the Axolotl env (`.venv-axolotl`, or
-`$COMPRESS_DISTILL_AXOLOTL_ENV`; its torch/transformers pins differ from ours, so it is
-never imported here), logging to `<work>/axolotl.log`. Outputs in the work dir, the same
+one code path). Only a profile with `cluster.device: cpu` (the mini world, the dev
+cluster's fake GPUs) trains with `cpu_overlay` plus `CPU_RUN` below; on a `device: gpu`
+profile a job whose Axolotl env sees fewer GPUs than the cell asks for fails at once,
+never falling back to the CPU. `axolotl.cli.train` runs from the profile's Axolotl env
+(`cluster.envs.axolotl`; on one machine `<repo>/.venv-axolotl` by default; its
+torch/transformers pins differ from ours, so it is never imported here), logging to
+`<work>/axolotl.log`. Outputs in the work dir, the same
 as the TRL backend's:
 
 - `model/`: a plain HF model dir plus Axolotl's saved tokenizer (LoRA merged into the base);
@@ -38,6 +41,7 @@ import pyarrow.ipc as ipc
 
 from compress_distill.axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
 from compress_distill.config import StudyConfig
+from compress_distill.envs import env_dir
 from compress_distill.plan import Cell
 from compress_distill.store import atomic_write_text, write_parquet
 from compress_distill.training.data import count_label_tokens
@@ -46,9 +50,6 @@ from compress_distill.training.trl_backend import MODEL_DIR, RESULT_FILE, TrainR
 
 log = logging.getLogger(__name__)
 
-ENV_VAR = "COMPRESS_DISTILL_AXOLOTL_ENV"  # the Axolotl venv; default <repo>/.venv-axolotl
-DEVICE_VAR = "COMPRESS_DISTILL_AXOLOTL_DEVICE"  # "cpu" or "gpu"; unset: ask the env's torch
-DEFAULT_ENV = Path(__file__).resolve().parents[2] / ".venv-axolotl"
 OUTPUT_DIR = "axolotl"  # Axolotl's output_dir in the work dir: checkpoints, prepared data, final save
 CONFIG_FILE = "axolotl.yaml"
 LOG_FILE = "axolotl.log"
@@ -66,25 +67,33 @@ _NOT_MODEL = ("README.md", "debug.log", "training_args.bin", "trainer_state.json
 _LOSS_LINE = re.compile(r"[{,]\s*'loss':")
 
 
-def axolotl_env() -> Path:
-    env = Path(os.environ.get(ENV_VAR) or DEFAULT_ENV)
+def axolotl_env(cfg: StudyConfig) -> Path:
+    """The profile's Axolotl env (`cluster.envs.axolotl`; on one machine `<repo>/.venv-axolotl`)."""
+    env = env_dir(cfg, "axolotl")
+    if env is None:
+        raise FileNotFoundError("cluster.envs.axolotl is not set: a Slurm profile must name the Axolotl env "
+                                "that its train jobs use (pinned in slurm/envs/axolotl-gpu.txt)")
     if not (env / "bin" / "python").exists():
-        raise FileNotFoundError(f"Axolotl environment {env} not found (set {ENV_VAR} or run "
-                                f"`bash scripts/setup-axolotl.sh`)")
+        hint = "cluster.envs.axolotl" if cfg.cluster.envs.axolotl else "run `bash scripts/setup-axolotl.sh`"
+        raise FileNotFoundError(f"Axolotl environment {env} not found ({hint})")
     return env
 
 
-def gpu_count(env: Path) -> int:
-    """GPUs the Axolotl env's torch sees (`$COMPRESS_DISTILL_AXOLOTL_DEVICE=cpu|gpu` skips the probe)."""
-    forced = os.environ.get(DEVICE_VAR, "").lower()
-    if forced == "cpu":
+def train_gpus(cfg: StudyConfig, env: Path, want: int) -> int:
+    """GPUs to train on: 0 (the CPU overlay) on a `device: cpu` profile; else `want`, which the
+    Axolotl env's torch must see, or the job fails here naming what it saw."""
+    if cfg.cluster.job_device == "cpu":
         return 0
     probe = subprocess.run([str(env / "bin" / "python"), "-c", "import torch; print(torch.cuda.device_count())"],
                            capture_output=True, text=True, timeout=300, env=_env(env, gpus=None))
-    n = int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
-    if forced == "gpu" and n == 0:
-        raise RuntimeError(f"{DEVICE_VAR}=gpu but the Axolotl env's torch sees no GPU: {probe.stderr[-500:]}")
-    return n
+    seen = int(probe.stdout.strip() or 0) if probe.returncode == 0 else 0
+    if seen < max(want, 1):
+        raise RuntimeError(
+            f"this train job asked for {want} GPU(s) but the Axolotl env's torch ({env}) sees {seen} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Is that env a CUDA "
+            f"build (slurm/envs/axolotl-gpu.txt)? Only a `cluster.device: cpu` profile trains on CPU.\n"
+            f"{probe.stderr[-500:]}")
+    return want
 
 
 def cell_config(cfg: StudyConfig, cell: Cell, *, dataset: Path, output_dir: Path, base_model: str,
@@ -245,10 +254,10 @@ def publish_model(out: Path, base_model: str, dest: Path) -> None:
 
 def train_cell(cfg: StudyConfig, cell: Cell, train_jsonl: Path, work: Path, *, base_model: str) -> TrainResult:
     """Train `cell` on `train_jsonl` with Axolotl; write model/, loss.parquet and train_result.json to `work`."""
-    env = axolotl_env()
+    env = axolotl_env(cfg)
     work.mkdir(parents=True, exist_ok=True)
     out = work / OUTPUT_DIR
-    gpus = gpu_count(env)
+    gpus = train_gpus(cfg, env, cell.gpus)
     axo = cell_config(cfg, cell, dataset=train_jsonl, output_dir=out, base_model=base_model, gpus=gpus)
     config_path = work / CONFIG_FILE
     atomic_write_text(config_path, dump_yaml(axo, f"cell {cell.name}: {'GPU' if gpus else 'CPU overlay'}"))

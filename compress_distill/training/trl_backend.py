@@ -85,7 +85,6 @@ def _cpu_optimizer(name: str) -> str:
 
 def _note_ignored(training: TrainingSpec) -> None:
     ignored = {k: v for k, v in (("bf16", training.bf16), ("tf32", training.tf32),
-                                 ("flash_attention", training.flash_attention),
                                  ("pad_to_sequence_len", training.pad_to_sequence_len),
                                  ("plugins", training.plugins)) if v}
     if ignored:
@@ -94,8 +93,6 @@ def _note_ignored(training: TrainingSpec) -> None:
         log.info("sample_packing ignored on CPU: batches are length-grouped instead (same examples per step)")
     if training.val_set_size:
         log.info("val_set_size=%s ignored: the TRL backend trains on the whole set", training.val_set_size)
-    if training.chat_template != "tokenizer_default":
-        log.info("chat_template=%r ignored: the student's tokenizer template is used", training.chat_template)
 
 
 def _lora_config(method: MethodSpec) -> Any:
