@@ -29,7 +29,7 @@ from pathlib import Path
 from .config import ServeSpec, StudyConfig
 from .plan import Node, Plan
 from .sbatch import CPU_SERVER_MODULE, render_eval_job, render_train_job, render_vllm_job
-from .serving import resolve_model_dir
+from .serving import mini_ref, resolve_model_dir
 from .store import ArtifactStore
 
 SERVE_STAGES = ("generate", "compress", "judge")
@@ -78,7 +78,8 @@ def render_node_script(plan: Plan, store: ArtifactStore, node_id: str, *, payloa
     cpu_server = [job_python(cfg, node.job.kind), "-m", CPU_SERVER_MODULE]
     if node.stage in SERVE_STAGES:
         ref, serve = served_model(cfg, node)
-        model = str(resolve_model_dir(ref)) if server == "cpu" else ref  # mini refs -> their built dir
+        # mini refs -> their built dir (a server takes a directory or a hub id, never a mini: ref)
+        model = str(resolve_model_dir(ref)) if server == "cpu" or mini_ref(ref) else ref
         return render_vllm_job(cfg, job_name=job_name, model=model, serve=serve, client_argv=payload,
                                workdir=workdir, kind=node.job.kind, server=server, cpu_server_argv=cpu_server,
                                log_dir=log_dir, header=False)

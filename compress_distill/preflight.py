@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
 from .config import StudyConfig
@@ -184,8 +185,8 @@ def check_tokenizers(cfg: StudyConfig) -> list[Row]:
         msgs = [{"role": "user", "content": "Q"},
                 {"role": "assistant", "content": "A", fam.thinking_key: probe}]
         try:  # the tokenizer renders it as training does (HF's jinja, with {% generation %})
-            text = tok.apply_chat_template(msgs, chat_template=template, tokenize=False,
-                                           **({} if tok.bos_token else {"bos_token": ""}))
+            extra: dict[str, Any] = {} if tok.bos_token else {"bos_token": ""}
+            text = tok.apply_chat_template(msgs, chat_template=template, tokenize=False, **extra)
         except Exception as err:  # noqa: BLE001 - jinja errors and template exceptions alike
             rows.append(Row("tokenizer", name, "FAIL", f"the chat template does not render: {err}"))
             continue

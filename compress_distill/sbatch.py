@@ -32,6 +32,7 @@ from typing import Any
 import jinja2
 
 from .config import ClusterProfile, ServeSpec, StudyConfig
+from .envs import env_dir
 from .plan import Cell
 from .vllm_args import server_argv
 
@@ -224,7 +225,8 @@ def render_vllm_job(
         raise ValueError("client_argv is empty: the serving job needs a client command to run")
     res = resolve_resources(cfg.cluster, kind, serve.gpus, overrides)
     name = served_model_name or model
-    vllm_argv = server_argv(model, serve, env=cfg.cluster.envs.vllm, device=cfg.cluster.job_device,
+    env = env_dir(cfg, "vllm")
+    vllm_argv = server_argv(model, serve, env=str(env) if env else None, device=cfg.cluster.job_device,
                             served_model_name=name, extra=extra_serve_args)
     return _render(
         template, template_dir, header=sbatch_header(res, job_name, log_path) if header else NO_HEADER,

@@ -89,6 +89,14 @@ def test_loss_rows_from_trainer_state() -> None:
     assert [r["tokens_seen"] for r in ab.loss_rows(resumed, {})] == [2048, 4096, 6144]  # counter restarts
 
 
+def test_published_config_is_servable() -> None:
+    saved = {"architectures": ["FSDPGptOssForCausalLM"], "use_cache": False, "model_type": "gpt_oss"}
+    assert ab.servable_config(saved) == {"architectures": ["GptOssForCausalLM"], "use_cache": True,
+                                         "model_type": "gpt_oss"}
+    plain = {"architectures": ["Qwen3ForCausalLM"], "use_cache": True}
+    assert ab.servable_config(plain) == plain
+
+
 def test_env_comes_from_the_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = _mini_ci()
     monkeypatch.setitem(LOCAL_DEFAULTS, "axolotl", tmp_path / "nope")

@@ -134,3 +134,31 @@ def test_lora_block_required_for_lora(tmp_path: Path, paper: dict) -> None:
     paper["methods"]["lora"].pop("lora")
     with pytest.raises(ConfigError, match="needs a 'lora' block"):
         load_config(_write(tmp_path, paper))
+
+
+def test_reasoning_effort_is_a_request_field_not_a_system_prompt(tmp_path: Path, paper: dict) -> None:
+    """vLLM's harmony path ignores a "Reasoning: high" system prompt; the config refuses it and names the field."""
+    assert load_config(CONFIGS / "paper.yaml").teachers["gpt-oss-120b"].sampling.reasoning_effort == "high"
+    paper["teachers"]["gpt-oss-120b"]["system_prompt"] = "Reasoning: high"
+    with pytest.raises(ConfigError, match="sampling.reasoning_effort"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_memory_and_cpus_per_gpu(tmp_path: Path, paper: dict) -> None:
+    paper["cluster"]["jobs"]["train"]["mem_per_gpu"] = "lots"
+    with pytest.raises(ConfigError, match=r"cluster.jobs.train.mem_per_gpu: memory must be a number"):
+        load_config(_write(tmp_path, paper))
+
+
+def test_gpu_slurm_profile_names_its_envs(tmp_path: Path, paper: dict) -> None:
+    del paper["cluster"]["envs"]["vllm"]
+    with pytest.raises(ConfigError, match=r"cluster.envs.vllm"):
+        load_config(_write(tmp_path, paper))
+    paper["cluster"]["device"] = "cpu"  # a CPU profile (the dev cluster) uses this checkout's envs
+    assert load_config(_write(tmp_path, paper)).cluster.job_device == "cpu"
+
+
+def test_token_env_is_a_variable_name(tmp_path: Path, paper: dict) -> None:
+    paper["cluster"]["weights"]["token_env"] = "hf_abcdef123"  # a token pasted where its variable's name goes
+    with pytest.raises(ConfigError, match="NAME of an environment variable"):
+        load_config(_write(tmp_path, paper))

@@ -53,7 +53,7 @@ def test_mini_ci_grid_runs_end_to_end(tmp_path: Path) -> None:
     comp = [r for p in store.glob("compress/*/compressed.parquet") for r in pq.read_table(p).to_pylist()]
     assert all(r["rho"] is None or math.isfinite(r["rho"]) for r in comp)
 
-    report_dir = next(store.glob("report/*"))
+    report_dir = next(store.glob("report/study-*"))  # not report/.work
     md = (report_dir / "report.md").read_text()
     html = (report_dir / "report.html").read_text()
     for m in train:

@@ -42,7 +42,8 @@ def slurm_mini(path: Path) -> Path:
     data["cluster"] = {"backend": "slurm", "nodes": 2, "gpus_per_node": 8, "gpu_type": "h100",
                        "jobs": {k: {"cpus_per_task": 1, "mem": "1G", "time_limit": "00:10:00"}
                                 for k in ("train", "eval", "vllm", "cpu")},
-                       "serve_with": "stage"}  # the skeleton stages serve no model: no vLLM in the jobs
+                       "serve_with": "stage",  # the skeleton stages serve no model: no vLLM in the jobs
+                       "device": "cpu"}  # the dev cluster's GPUs are fake: no GPU gate in the jobs
     path.write_text(yaml.safe_dump(data))
     return path
 

@@ -144,6 +144,9 @@ class Completion:
     latency_s: float  # of the attempt that succeeded
     attempts: int
     max_tokens_sent: int | None = None  # set when max_tokens was clipped to fit the context: the value sent
+    # True: the server sent the reasoning in its own field (a vLLM reasoning parser split it); False:
+    # any think block came as tags inside `content`, normalised here
+    reasoning_field: bool = False
 
     @property
     def empty(self) -> bool:
@@ -409,11 +412,13 @@ class ChatClient:
             raise MalformedResponse(f"HTTP 200 with a non-object message: {self._excerpt(resp, 200)}")
         finish = choice.get("finish_reason")
         response, reasoning, content, closed = normalize_message(message, finish)
+        split = message.get("reasoning_content") or message.get("reasoning")
         usage = data.get("usage") or {}
         return Completion(key=key, model=data.get("model") or self.cfg.model, response=response, reasoning=reasoning,
                           content=content, think_closed=closed, finish_reason=finish,
                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
-                          latency_s=0.0, attempts=0)  # _chat fills both in
+                          latency_s=0.0, attempts=0,  # _chat fills both in
+                          reasoning_field=isinstance(split, str) and bool(split))
 
 
 def prompt_token_bound(messages: Iterable[Mapping[str, Any]]) -> int:

@@ -218,6 +218,7 @@ def _attempt_record(c: Completion, q: Mapping[str, Any], rnd: int, o: Outcome) -
         "correct": o.correct, "extracted": o.extracted, "truncated": o.truncated, "reject_reason": o.reject_reason,
         "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
         "latency_s": c.latency_s, "attempts": c.attempts, "max_tokens_sent": c.max_tokens_sent,
+        "reasoning_field": c.reasoning_field,
     }
 
 

@@ -29,6 +29,7 @@ ATTEMPT_FIELDS: list[tuple[str, str]] = [
     ("think_closed", "bool_"), ("correct", "bool_"), ("extracted", "string"), ("truncated", "bool_"),
     ("reject_reason", "string"), ("finish_reason", "string"), ("prompt_tokens", "int64"),
     ("completion_tokens", "int64"), ("latency_s", "float64"), ("attempts", "int32"),
+    ("max_tokens_sent", "int64"), ("reasoning_field", "bool_"),
 ]
 
 

@@ -227,6 +227,19 @@ def _safetensors_params(paths: list[Path]) -> int:
     return total
 
 
+def servable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json as vLLM must read it: the KV cache on (Axolotl trains with it off), and
+    no `FSDP` prefix on the architecture (an FSDP save of gpt-oss writes `FSDPGptOssForCausalLM`,
+    transformers#40207; vLLM knows `GptOssForCausalLM`)."""
+    out = dict(config)
+    if out.get("use_cache") is False:
+        out["use_cache"] = True
+    archs = out.get("architectures")
+    if isinstance(archs, list):
+        out["architectures"] = [a.removeprefix("FSDP") if isinstance(a, str) else a for a in archs]
+    return out
+
+
 def publish_model(out: Path, base_model: str, dest: Path) -> None:
     """`dest`: Axolotl's final save as a plain model dir (a LoRA adapter merged into the base)."""
     tmp = dest.with_name(f".{dest.name}.tmp")
@@ -246,8 +259,9 @@ def publish_model(out: Path, base_model: str, dest: Path) -> None:
             continue
         shutil.copy2(f, tmp / f.name)
     config = json.loads((tmp / "config.json").read_text())
-    if config.get("use_cache") is False:  # Axolotl trains with the KV cache off; serving wants it on
-        atomic_write_text(tmp / "config.json", json.dumps({**config, "use_cache": True}, indent=2))
+    fixed = servable_config(config)
+    if fixed != config:
+        atomic_write_text(tmp / "config.json", json.dumps(fixed, indent=2))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 
