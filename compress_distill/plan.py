@@ -146,9 +146,17 @@ def family_identity(cfg: StudyConfig, student: str) -> dict[str, Any]:
     return {**asdict(fam), "template_text": fam.template_text()}
 
 
-def _serving_identity(model: str, sampling: Any, max_model_len: int) -> dict[str, Any]:
-    # Parallel layout and memory fraction do not change what is generated; the context length does.
-    return {"model": model, "sampling": sampling.model_dump(), "max_model_len": max_model_len}
+def engine(cfg: StudyConfig, serve: Any) -> str:
+    """The inference engine that serves a model: `vllm`, or `local` (the project's CPU server, in the
+    job or in the stage). Part of every served node's key: the two sample differently for one seed."""
+    return "vllm" if cfg.cluster.server_for(serve) == "vllm" else "local"
+
+
+def _serving_identity(cfg: StudyConfig, model: str, sampling: Any, serve: Any) -> dict[str, Any]:
+    # Parallel layout and memory fraction do not change what is generated; the context length and
+    # the engine do.
+    return {"model": model, "sampling": sampling.model_dump(), "max_model_len": serve.max_model_len,
+            "engine": engine(cfg, serve)}
 
 
 def build_plan(cfg: StudyConfig) -> Plan:
@@ -191,7 +199,7 @@ def build_plan(cfg: StudyConfig) -> Plan:
         ts = cfg.teachers[t]
         gen = add(Node(
             "generate", t,
-            {**_serving_identity(ts.model, ts.sampling, ts.serve.max_model_len),
+            {**_serving_identity(cfg, ts.model, ts.sampling, ts.serve),
              "rejection_rounds": ts.rejection_rounds, "system_prompt": ts.system_prompt},
             (*built(ts.model), pool), JobSpec("vllm", ts.serve.gpus), refs={"teacher": t},
         ))
@@ -203,7 +211,7 @@ def build_plan(cfg: StudyConfig) -> Plan:
             cs = cfg.compressors[cname]
             comp_ids[cname] = add(Node(
                 "compress", f"{t}.{cname}",
-                {**_serving_identity(cs.model, cs.sampling, cs.serve.max_model_len),
+                {**_serving_identity(cfg, cs.model, cs.sampling, cs.serve),
                  "prompt": cs.prompt, "domain_prompts": dict(cs.domain_prompts)},
                 (*built(cs.model), ver), JobSpec("vllm", cs.serve.gpus), refs={"teacher": t, "compressor": cname},
             ))
@@ -214,7 +222,8 @@ def build_plan(cfg: StudyConfig) -> Plan:
                     "judge", f"{t}.{cname}",
                     {"model": j.model, "max_tokens": j.max_tokens, "max_model_len": j.serve.max_model_len,
                      "original_max_chars": j.original_max_chars, "compressed_max_chars": j.compressed_max_chars,
-                     "max_attempts": j.max_attempts, "reasoning_effort": j.reasoning_effort},
+                     "max_attempts": j.max_attempts, "reasoning_effort": j.reasoning_effort,
+                     "engine": engine(cfg, j.serve)},
                     (*built(j.model), ver, comp_ids[cname]), JobSpec("vllm", j.serve.gpus),
                     refs={"teacher": t, "compressor": cname},
                 )))
@@ -245,7 +254,8 @@ def build_plan(cfg: StudyConfig) -> Plan:
         ev = cfg.evaluation
         evals.append(add(Node(
             "evaluate", c.name,
-            {"max_tokens": ev.max_tokens, "temperature": ev.temperature, "groups": ev.groups},
+            {"max_tokens": ev.max_tokens, "temperature": ev.temperature, "groups": ev.groups,
+             "engine": engine(cfg, ev.serve)},
             (tr, suite), JobSpec("eval", ev.serve.gpus), c,
         )))
     # The report reads loss curves and training times too, so train nodes are its inputs as well.

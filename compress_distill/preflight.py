@@ -63,7 +63,7 @@ def _tail(text: str, n: int = 400) -> str:
 def needed_programs(cfg: StudyConfig) -> list[str]:
     """The programs this config's jobs start: vLLM only where jobs serve with it, Axolotl only for its backend."""
     out = ["app"]
-    if cfg.cluster.server == "vllm":
+    if cfg.uses_vllm():
         out.append("vllm")
     if cfg.training.backend == "axolotl":
         out.append("axolotl")
@@ -268,7 +268,7 @@ def _offline_env(cfg: StudyConfig) -> dict[str, str]:
 def check_vllm_args(cfg: StudyConfig, rendered: Path) -> list[Row]:
     env = env_dir(cfg, "vllm")
     if env is None or not (env / "bin" / "python").exists():
-        status = "FAIL" if cfg.cluster.server == "vllm" else "SKIP"
+        status = "FAIL" if cfg.uses_vllm() else "SKIP"
         return [Row("vllm-args", "all serving jobs", status, f"no vLLM env ({env or 'cluster.envs.vllm unset'})")]
     proc = subprocess.run([str(env / "bin" / "python"), str(VLLM_CHECK), str(rendered)], capture_output=True,
                           text=True, timeout=600)

