@@ -79,8 +79,10 @@ def render_node_script(plan: Plan, store: ArtifactStore, node_id: str, *, payloa
     if node.stage in SERVE_STAGES:
         ref, serve = served_model(cfg, node)
         server = cfg.cluster.server_for(serve)
-        # mini refs -> their built dir (a server takes a directory or a hub id, never a mini: ref)
-        model = str(resolve_model_dir(ref)) if server == "cpu" or mini_ref(ref) else ref
+        # A server in the job takes a directory or a hub id, never a mini: ref (resolved to its build);
+        # with `stage` no server runs here and the ref is only a label (its build may not exist yet).
+        resolve = server == "cpu" or (server == "vllm" and mini_ref(ref) is not None)
+        model = str(resolve_model_dir(ref)) if resolve else ref
         return render_vllm_job(cfg, job_name=job_name, model=model, serve=serve, client_argv=payload,
                                workdir=workdir, kind=node.job.kind, server=server, cpu_server_argv=cpu_server,
                                log_dir=log_dir, header=False)
