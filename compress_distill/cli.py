@@ -318,12 +318,11 @@ def stage_weights(config: ConfigArg,
                   dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be downloaded")] = False,
                   ) -> None:
     """Download every hub model of the config into cluster.weights.hf_home (run where the Hub is reachable)."""
-    from .preflight import hub_refs
     from .weights import stage
 
     cfg = _load(config)
     try:
-        rows = stage(cfg, refs=[ref for ref, _ in hub_refs(cfg)], dry_run=dry_run)
+        rows = stage(cfg, dry_run=dry_run)
     except ValueError as err:
         err_console.print(f"[red]error:[/red] {err}", highlight=False)
         raise typer.Exit(2) from None

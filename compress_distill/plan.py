@@ -240,6 +240,7 @@ def build_plan(cfg: StudyConfig) -> Plan:
 
     evals: list[str] = []
     trains: list[str] = []
+    families = {name: family_identity(cfg, name) for name in dict.fromkeys(c.student for c in cells)}
     for c in cells:
         st = cfg.students[c.student]
         method = cfg.method_for(c.student, c.method)
@@ -247,7 +248,7 @@ def build_plan(cfg: StudyConfig) -> Plan:
             "train", c.name,
             {"student": st.model, "method": method.model_dump(exclude={"label"}),
              "training": cfg.training.model_dump(exclude={"save_steps"}), "fsdp": st.fsdp and method.kind == "full",
-             "decoder_layer": st.decoder_layer, "world_size": c.gpus, "family": family_identity(cfg, c.student)},
+             "decoder_layer": st.decoder_layer, "world_size": c.gpus, "family": families[c.student]},
             (*built(st.model), derive_ids[(c.teacher, c.data)]), JobSpec("train", c.gpus), c,
         ))
         trains.append(tr)

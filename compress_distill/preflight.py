@@ -18,6 +18,7 @@ CLI prints one table and exits non-zero on any FAIL. What each check proves, and
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -33,7 +34,7 @@ from .config import StudyConfig
 from .envs import REPO, env_dir, installed_version, pinned_version
 from .plan import Cell, build_plan
 from .serving import mini_ref, resolve_model_dir
-from .weights import config_models, is_hub_id, staged
+from .weights import config_models, is_hub_id, job_env, staged
 
 LABEL_CHECK = REPO / "scripts" / "check_axolotl_labels.py"
 VLLM_CHECK = REPO / "scripts" / "check_vllm_args.py"
@@ -113,20 +114,10 @@ def check_gpus(cfg: StudyConfig, run: Callable[..., subprocess.CompletedProcess[
 
 # --------------------------------------------------------------------------- weights and tokenizers
 
-def hub_refs(cfg: StudyConfig) -> list[tuple[str, str]]:
-    """(ref, where) of every hub repo the jobs load: models, tokenizers and hub attention kernels."""
-    refs = [(m.ref, m.used_by) for m in config_models(cfg)]
-    for name in cfg.students:
-        attn = cfg.family_for(name).attn_implementation
-        if "/" in attn:
-            refs.append((attn, f"students.{name}.attn_implementation"))
-    return list(dict.fromkeys(refs))
-
-
 def check_weights(cfg: StudyConfig) -> list[Row]:
     rows = []
     hf_home = cfg.cluster.weights.hf_home
-    for ref, where in hub_refs(cfg):
+    for ref, where in ((m.ref, m.used_by) for m in config_models(cfg)):
         if mini_ref(ref) is not None:
             rows.append(Row("weights", ref, "PASS", "mini-world model, built by the DAG's build step"))
         elif not is_hub_id(ref):
@@ -256,10 +247,6 @@ def check_labels(cfg: StudyConfig, workdir: Path) -> list[Row]:
 
 
 def _offline_env(cfg: StudyConfig) -> dict[str, str]:
-    import os
-
-    from .weights import job_env
-
     return {**os.environ, **job_env(cfg), "HF_HUB_OFFLINE": "1", "AXOLOTL_DO_NOT_TRACK": "1"}
 
 

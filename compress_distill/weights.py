@@ -25,7 +25,8 @@ class ModelRef:
 
 
 def config_models(cfg: StudyConfig) -> list[ModelRef]:
-    """Every model (and separate tokenizer) the config serves or trains, once each, in config order."""
+    """Every model, separate tokenizer and hub attention kernel (an `org/name` attn_implementation,
+    e.g. gpt-oss's) the config serves or trains, once each, in config order."""
     found: dict[str, str] = {}
     for name, t in cfg.teachers.items():
         found.setdefault(t.model, f"teachers.{name}.model")
@@ -37,6 +38,10 @@ def config_models(cfg: StudyConfig) -> list[ModelRef]:
         found.setdefault(s.model, f"students.{name}.model")
     if cfg.judge is not None and cfg.judge.enabled:
         found.setdefault(cfg.judge.model, "judge.model")
+    for name in cfg.students:
+        attn = cfg.family_for(name).attn_implementation
+        if "/" in attn:
+            found.setdefault(attn, f"students.{name}.attn_implementation")
     return [ModelRef(ref, where) for ref, where in found.items()]
 
 
@@ -75,14 +80,14 @@ def job_env(cfg: StudyConfig) -> dict[str, str]:
     return env
 
 
-def stage(cfg: StudyConfig, *, refs: list[str] | None = None, dry_run: bool = False) -> list[tuple[str, str]]:
-    """Download every hub repo of the config (or `refs`) into `cluster.weights.hf_home`: (ref, what) rows."""
+def stage(cfg: StudyConfig, *, dry_run: bool = False) -> list[tuple[str, str]]:
+    """Download every hub repo of the config into `cluster.weights.hf_home`: (ref, what) rows."""
     w = cfg.cluster.weights
     if not w.hf_home:
         raise ValueError("cluster.weights.hf_home is not set: name the shared HF cache that compute nodes see")
     rows: list[tuple[str, str]] = []
     token = os.environ.get(w.token_env) or None
-    for ref in refs if refs is not None else [m.ref for m in config_models(cfg)]:
+    for ref in (m.ref for m in config_models(cfg)):
         if not is_hub_id(ref):
             rows.append((ref, "local (not staged)"))
             continue

@@ -22,9 +22,9 @@ from compress_distill.preflight import (
     Row,
     check_time_limits,
     check_weights,
-    hub_refs,
     slurm_minutes,
 )
+from compress_distill.weights import config_models
 
 from .conftest import CONFIGS, need_dev_cluster
 
@@ -60,7 +60,7 @@ def test_weights_must_be_staged(tmp_path: Path) -> None:
     data = yaml.safe_load(PAPER.read_text())
     data["cluster"]["weights"]["hf_home"] = str(tmp_path)
     cfg = parse_config(data)
-    refs = [r for r, _ in hub_refs(cfg)]
+    refs = [m.ref for m in config_models(cfg)]
     assert "kernels-community/vllm-flash-attn3" in refs  # gpt-oss's attention kernel is a hub repo too
     assert all(r.status == "FAIL" for r in check_weights(cfg))
     snap = tmp_path / "hub" / "models--openai--gpt-oss-20b" / "snapshots" / "abc"

@@ -180,15 +180,22 @@ class Failure:
         return cls(key, str(err), "error", 0)
 
 
+def split_reasoning(message: Mapping[str, Any]) -> str | None:
+    """The trace a reasoning parser split off: `reasoning` (vLLM >= 0.16) or `reasoning_content`
+    (older vLLM, the project's CPU server); None when the server sent none."""
+    split = message.get("reasoning_content")
+    if split is None:
+        split = message.get("reasoning")
+    return split if isinstance(split, str) and split else None
+
+
 def normalize_message(message: Mapping[str, Any], finish_reason: str | None) -> tuple[str, str | None, str, bool | None]:
     """(response, reasoning, content, think_closed) from an OpenAI `message` of either shape."""
     content = message.get("content") or ""
     if not isinstance(content, str):  # content parts
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    split = message.get("reasoning_content")
-    if split is None:
-        split = message.get("reasoning")
-    if isinstance(split, str) and split:
+    split = split_reasoning(message)
+    if split:
         # vLLM's parsers put an unterminated think block (cut by max_tokens) in reasoning with no content.
         # Appending </think> there would hide the truncation from the extraction cascade.
         if finish_reason == "length" and not content:
@@ -412,13 +419,12 @@ class ChatClient:
             raise MalformedResponse(f"HTTP 200 with a non-object message: {self._excerpt(resp, 200)}")
         finish = choice.get("finish_reason")
         response, reasoning, content, closed = normalize_message(message, finish)
-        split = message.get("reasoning_content") or message.get("reasoning")
         usage = data.get("usage") or {}
         return Completion(key=key, model=data.get("model") or self.cfg.model, response=response, reasoning=reasoning,
                           content=content, think_closed=closed, finish_reason=finish,
                           prompt_tokens=usage.get("prompt_tokens"), completion_tokens=usage.get("completion_tokens"),
                           latency_s=0.0, attempts=0,  # _chat fills both in
-                          reasoning_field=isinstance(split, str) and bool(split))
+                          reasoning_field=split_reasoning(message) is not None)
 
 
 def prompt_token_bound(messages: Iterable[Mapping[str, Any]]) -> int:
