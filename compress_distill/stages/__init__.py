@@ -63,8 +63,12 @@ class StageResult:
     placeholder: bool = False  # True while a stage is the skeleton stand-in
 
 
+def skeleton_stages() -> bool:
+    return os.environ.get(SKELETON_ENV) == "skeleton"
+
+
 def stage_function(stage: str) -> Callable[[StageContext], StageResult]:
-    if os.environ.get(SKELETON_ENV) == "skeleton":
+    if skeleton_stages():
         module, func = "compress_distill.stages.skeleton", stage
     else:
         module, func = REGISTRY[stage].split(":")
