@@ -16,6 +16,7 @@ from rich.table import Table
 
 from .config import ConfigError, StudyConfig, load_config
 from .costmodel import CostModel, measured_hours
+from .owner import claim
 from .plan import Plan, build_plan
 from .status import explain as explain_node
 from .status import node_statuses
@@ -346,6 +347,7 @@ def serve(
     """Register grid/full, grid/mini, grid/nightly, grid/retry-failed and run their flow runs (needs PREFECT_API_URL)."""
     from .flows.deploy import ServeOptions, serve_command
 
+    claim()  # the flow runs' local jobs and servers die with this process
     opts = ServeOptions(paper=paper, mini=mini, nightly=nightly, store=store, cron=cron, timezone=timezone,
                         mini_select=_parse_select(mini_select), limit=limit)
     raise typer.Exit(serve_command(opts, list_only=list_only))
@@ -372,6 +374,7 @@ def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
         ) -> None:
     """Run the study's DAG through Prefect (ephemeral server unless PREFECT_API_URL is set)."""
     _load(config)  # fail fast with a clean message, before Prefect starts
+    claim()  # before Prefect starts its temporary server: it dies with this process, even on SIGKILL
     _prefect_defaults()
     from .flows.grid import GridFailed, GridParams, grid
     from .flows.progress import live_progress

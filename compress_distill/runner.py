@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends.base import JobBackend, JobError, JobRequest, JobState, log_tail
+from . import faults
+from .backends.base import JobBackend, JobError, JobRequest, JobState, JobStatus, log_tail
 from .backends.watch import JobWatcher
 from .jobscripts import payload_argv, render_node_script
 from .plan import Plan
@@ -31,7 +32,6 @@ from .weights import job_env
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "_result.json"
-PARENT_PID_ENV = "COMPRESS_DISTILL_PARENT_PID"  # node_main exits when this process is gone
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,15 @@ def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
     with store.lease(node.stage, node.name, key, ttl_s=lease_ttl()):
         if not forced and store.is_done(node.stage, node.name, key):  # another run finished it meanwhile
             return NodeOutcome(node_id, key, store.rel(final), cached=True)
-        tmp = store.begin(node.stage, node.name, key)
         started = time.time()
         job_id = None
         if node.job.kind == "cpu" or ctx.backend is None:
+            tmp = store.begin(node.stage, node.name, key)
             execute_stage(plan, store, node_id, tmp)
         else:
+            tmp = store.attempt_dir(node.stage, node.name, key)  # begun in _run_as_job, unless a job owns it
             job_id = _run_as_job(ctx, node_id, tmp)
+            faults.reached("job-ended", node_id)
         finished = time.time()
         result = json.loads((tmp / RESULT_FILE).read_text())
         (tmp / RESULT_FILE).unlink()
@@ -128,28 +130,120 @@ def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
         }
         store.commit(tmp, node.stage, node.name, key, manifest, replace=forced)
         shutil.rmtree(store.work_dir(node.stage, node.name, key), ignore_errors=True)
+        faults.reached("after-commit", node_id)
     log.info("%s committed in %.1fs (key %s)", node_id, finished - started, key)
     return NodeOutcome(node_id, key, store.rel(final), cached=False, seconds=finished - started, job_id=job_id)
 
 
 def _run_as_job(ctx: RunContext, node_id: str, tmp: Path) -> str:
-    """Submit the node's per-kind job script (jobscripts.py) and wait for it.
+    """Wait for the node's job, adopting one a previous orchestrator left, else submitting one.
 
-    The script runs `node_main` for this node as its payload (behind a health-gated server
-    for serving/eval nodes, inside the requeue/resume wrapper for train nodes); the backend
-    runs it as a local subprocess or inside a Slurm batch job. Job id, log and node name are
-    logged and handed to `on_job`.
+    Adoption comes first: the attempt dir `tmp` has a fixed path per node and key, and a job
+    that outlived its orchestrator (Slurm) still writes there. So a live job of this node's name
+    is re-attached, and a job that already finished its stage (its result file is in `tmp`) is
+    committed as it is; only when no job can own `tmp` is it swept (`store.begin`) and a new job
+    submitted. If the queue cannot be read, the node fails and `tmp` is left alone.
     """
-    assert ctx.backend is not None
+    assert ctx.backend is not None and ctx.watcher is not None
     plan, store = ctx.plan, ctx.store
     node = plan.nodes[node_id]
     key = plan.keys[node_id]
-    res = plan.config.cluster.job(node.job.kind)
     job_dir = (store.root / node.stage / ".jobs" / f"{node.name}-{key}").absolute()
+    name = f"cd-{node.stage}-{node.name}-{key}"
+    adopted = _adoptable(ctx, name, job_dir, tmp)
+    if adopted is not None:
+        job_id, log_path, finished = adopted
+        _write_job_record(ctx, job_dir, node_id, job_id, log_path, adopted=True)
+        if finished:
+            log.warning("%s: job %s finished its stage before this run started; committing its outputs, "
+                        "not running it again", node_id, job_id)
+            return job_id
+        log.warning("%s: job %s of a previous run is still live; adopting it, log %s", node_id, job_id, log_path)
+        track = getattr(ctx.backend, "track", None)  # Slurm: polls then know the job's name
+        if track is not None:
+            track(job_id, name, log_path)
+        ctx.watcher.track(job_id, log_path=log_path)
+    else:
+        store.begin(node.stage, node.name, key)  # no job can own the attempt dir: sweep it
+        job_id, log_path = _submit(ctx, node_id, name, job_dir, tmp)
+    if ctx.on_job:
+        ctx.on_job(node_id, job_id, log_path)
+    faults.reached("after-submit", node_id)
+    try:
+        status = ctx.watcher.wait([job_id])[job_id]  # raises JobError (with the log tail) on failure
+    except JobError as e:
+        log.error("%s: job %s ended %s on %s, log %s", node_id, job_id, e.status.state.value,
+                  e.status.node or "?", log_path)
+        raise
+    log.info("%s: job %s %s on node %s in %.0fs, log %s", node_id, job_id, status.state.value,
+             status.node or "?", status.elapsed_s or 0.0, log_path)
+    if status.state is not JobState.COMPLETED or not (tmp / RESULT_FILE).is_file():
+        if status.state is JobState.COMPLETED:  # ended well, yet no result: say so, not just "COMPLETED"
+            status = JobStatus(status.job_id, status.state, status.exit_code, status.node, status.elapsed_s,
+                               reason=f"the job wrote no {RESULT_FILE} into {tmp}")
+        raise JobError(job_id, status, log_tail(log_path))
+    return job_id
+
+
+def _adoptable(ctx: RunContext, name: str, job_dir: Path, tmp: Path) -> tuple[str, Path, bool] | None:
+    """(job id, its log, finished) of a job that owns the attempt dir, or None when no job can.
+
+    A live job of this name comes first (it may still be writing `tmp`); then a finished stage:
+    node_main writes the result file last, after every output, so its presence means `tmp` is
+    complete. Backends without `find_live` (local: its jobs die with their run) have no live jobs.
+    """
+    find_live = getattr(ctx.backend, "find_live", None)
+    live = find_live(name) if find_live is not None else None  # an unreadable queue raises: nothing swept
+    record = _job_record(job_dir)
+    if live is not None:
+        return live, _log_of(job_dir, live) or Path(record.get("log") or job_dir / "unknown.log"), False
+    if (tmp / RESULT_FILE).is_file():
+        return str(record.get("job_id") or "unknown"), Path(record.get("log") or job_dir / "unknown.log"), True
+    return None
+
+
+def _job_record(job_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((job_dir / "job.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _log_of(job_dir: Path, job_id: str) -> Path | None:
+    """The log of `job_id`, from the state file its backend wrote at submission (next to the log)."""
+    for state in sorted(job_dir.glob("attempt-*.state.json"), reverse=True):
+        try:
+            data = json.loads(state.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and str(data.get("job_id")) == job_id and data.get("log_path"):
+            return Path(data["log_path"])
+    return None
+
+
+def _write_job_record(ctx: RunContext, job_dir: Path, node_id: str, job_id: str, log_path: Path,
+                      script: Path | None = None, adopted: bool = False) -> None:
+    assert ctx.backend is not None
+    atomic_write_text(job_dir / "job.json", json.dumps(
+        {"job_id": job_id, "backend": ctx.backend.name, "node": node_id, "log": str(log_path),
+         "script": str(script) if script else None, "adopted": adopted, "submitted_at": time.time()}))
+
+
+def _submit(ctx: RunContext, node_id: str, name: str, job_dir: Path, tmp: Path) -> tuple[str, Path]:
+    """Render the node's per-kind job script (jobscripts.py) and submit it; (job id, log).
+
+    The script runs `node_main` for this node as its payload (behind a health-gated server
+    for serving/eval nodes, inside the requeue/resume wrapper for train nodes); the backend
+    runs it as a local subprocess or inside a Slurm batch job.
+    """
+    assert ctx.watcher is not None
+    plan, store = ctx.plan, ctx.store
+    node = plan.nodes[node_id]
+    res = plan.config.cluster.job(node.job.kind)
     job_dir.mkdir(parents=True, exist_ok=True)
     stamp = int(time.time())
     log_path = job_dir / f"attempt-{stamp}.log"
-    name = f"cd-{node.stage}-{node.name}-{key}"
     payload = payload_argv(plan.config, node, config_path=ctx.config_path, store_root=store.root, out=tmp)
     script = job_dir / f"attempt-{stamp}.sh"
     atomic_write_text(script, render_node_script(plan, store, node_id, payload=payload, workdir=Path.cwd(),
@@ -163,31 +257,12 @@ def _run_as_job(ctx: RunContext, node_id: str, tmp: Path) -> str:
         cpus=cpus, mem=res.mem_for(node.job.gpus), time_limit=res.time_limit, priority=ctx.priorities.get(node_id),
         # PASSIVE: a multi-thread torch job on shared cores otherwise spins at OpenMP barriers (2-5x slower)
         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
-             # The dead-orchestrator check is for local subprocesses only (LocalBackend sets the pid).
-             # A Slurm job must outlive a restarted orchestrator, which re-attaches to it; only a user
-             # cancel (scancel) stops it. Exported empty so an inherited value cannot stop the job.
-             PARENT_PID_ENV: "",
              # the shared HF cache and the Hub offline (cluster.weights): a job never downloads
              **job_env(plan.config),
              **ctx.extra_env},
     )
-    assert ctx.watcher is not None
     job_id = ctx.watcher.submit(req)
-    atomic_write_text(job_dir / "job.json", json.dumps(
-        {"job_id": job_id, "backend": ctx.backend.name, "node": node_id, "log": str(log_path),
-         "script": str(script), "submitted_at": time.time()}))
-    log.info("%s: %s job %s submitted (%s, %d GPU), log %s", node_id, ctx.backend.name, job_id, node.job.kind,
-             node.job.gpus, log_path)
-    if ctx.on_job:
-        ctx.on_job(node_id, job_id, log_path)
-    try:
-        status = ctx.watcher.wait([job_id])[job_id]  # raises JobError (with the log tail) on failure
-    except JobError as e:
-        log.error("%s: job %s ended %s on %s, log %s", node_id, job_id, e.status.state.value,
-                  e.status.node or "?", log_path)
-        raise
-    log.info("%s: job %s %s on node %s in %.0fs, log %s", node_id, job_id, status.state.value,
-             status.node or "?", status.elapsed_s or 0.0, log_path)
-    if status.state is not JobState.COMPLETED or not (tmp / RESULT_FILE).is_file():
-        raise JobError(job_id, status, log_tail(log_path))
-    return job_id
+    _write_job_record(ctx, job_dir, node_id, job_id, log_path, script)
+    log.info("%s: %s job %s submitted (%s, %d GPU), log %s", node_id, ctx.backend.name if ctx.backend else "?",
+             job_id, node.job.kind, node.job.gpus, log_path)
+    return job_id, log_path

@@ -14,8 +14,8 @@ from compress_distill.backends.local import LocalBackend
 from compress_distill.backends.watch import JobWatcher
 from compress_distill.config import load_config
 from compress_distill.jobscripts import payload_argv, render_node_script
+from compress_distill.owner import OWNER_ENV
 from compress_distill.plan import Plan, build_plan
-from compress_distill.runner import PARENT_PID_ENV
 from compress_distill.store import ArtifactStore
 
 from .conftest import CONFIGS
@@ -59,22 +59,24 @@ def test_axolotl_train_nodes_run_the_train_stage_and_evaluate_the_merged_model(t
     assert "--enable-lora" not in text  # the stage merged the adapter: vLLM serves the checkpoint itself
 
 
-def test_train_script_runs_payload_through_local_backend(tmp_path: Path) -> None:
-    """The rendered train job, run by LocalBackend: the payload gets the orchestrator pid, and
-    a config value that is shell code stays a literal word."""
+def test_train_script_runs_payload_through_local_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rendered train job, run by LocalBackend: the payload carries the run's owner token (even
+    where the request exports it empty, as the runner does for Slurm), and a config value that is
+    shell code stays a literal word."""
+    monkeypatch.setenv(OWNER_ENV, "1:2:test")
     plan = build_plan(load_config(CONFIGS / "mini-ci.yaml"))
     store = ArtifactStore(tmp_path / "store")
     nid = next(n for n in plan.nodes if n.startswith("train/"))
     probe = tmp_path / "probe.txt"
     payload = [sys.executable, "-c", "import os, sys; open(sys.argv[1], 'w').write("
-               f"os.environ.get({PARENT_PID_ENV!r}, '') + '|' + sys.argv[2])", str(probe), f"$(touch {tmp_path}/pwned)"]
+               f"os.environ.get({OWNER_ENV!r}, '') + '|' + sys.argv[2])", str(probe), f"$(touch {tmp_path}/pwned)"]
     text = render_node_script(plan, store, nid, payload=payload, workdir=tmp_path, log_dir=tmp_path, job_name="j")
     script = tmp_path / "job.sh"
     script.write_text(text)
     w = JobWatcher(LocalBackend(max_workers=1), initial_interval=0.1)
     jid = w.submit(JobRequest(name="t", command=["bash", str(script)], workdir=tmp_path,
-                              log_path=tmp_path / "job.log", kind="train", env={PARENT_PID_ENV: ""}))
+                              log_path=tmp_path / "job.log", kind="train", env={OWNER_ENV: ""}))
     assert w.wait([jid], timeout=60)[jid].state is JobState.COMPLETED
-    pid, word = probe.read_text().split("|")
-    assert pid.isdigit() and word == f"$(touch {tmp_path}/pwned)" and not (tmp_path / "pwned").exists()
+    token, word = probe.read_text().split("|")
+    assert token == "1:2:test" and word == f"$(touch {tmp_path}/pwned)" and not (tmp_path / "pwned").exists()
     assert "no checkpoint in" in (tmp_path / "job.log").read_text()

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
+from ..owner import OWNER_ENV
 from .base import JobRequest, JobState, JobStatus
 from .common import array_task_log, check_env, final_record, parse_array_spec, submit_record, write_state
 from .slurm_parse import aggregate, parse_duration
@@ -223,7 +224,9 @@ class LocalBackend:
     def _start(self, job: _Job, t: _Task) -> None:
         req = job.req
         # A local job must not outlive a killed orchestrator: node_main exits when this pid is gone.
-        env = {**os.environ, **req.env, "COMPRESS_DISTILL_PARENT_PID": str(os.getpid())}
+        # A local job is this process's: it carries the run's owner token (owner.py) whatever the
+        # request says, so it dies with the run, even a SIGKILLed one.
+        env = {**os.environ, **req.env, OWNER_ENV: os.environ.get(OWNER_ENV, "")}
         if t.index is not None:
             env["SLURM_ARRAY_TASK_ID"] = str(t.index)
             env["SLURM_ARRAY_JOB_ID"] = job.job_id

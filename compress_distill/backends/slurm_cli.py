@@ -8,9 +8,12 @@ wrap the calls without mocking Slurm itself.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+from ..owner import OWNER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +47,12 @@ Runner = Callable[[Sequence[str], float], CommandResult]
 
 def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
     """Run argv (no shell) and capture its output; raise SlurmCommandError on timeout."""
+    # sbatch exports its own environment into the job: never the run's owner token (owner.py), or a
+    # job on this machine (the dev cluster) would die with the orchestrator it must outlive.
+    env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}
     try:
         p = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout,
-                           stdin=subprocess.DEVNULL, check=False)
+                           stdin=subprocess.DEVNULL, check=False, env=env)
     except subprocess.TimeoutExpired as e:
         raise SlurmCommandError(argv, f"no answer within {timeout:g} s (is slurmctld/slurmdbd up?)",
                                 timed_out=True) from e

@@ -37,6 +37,7 @@ from ..backends.base import JobBackend
 from ..backends.watch import JobWatcher, Watched
 from ..config import StudyConfig, load_config, parse_config
 from ..costmodel import CostModel, measured_hours
+from ..owner import claim
 from ..plan import Plan, build_plan
 from ..runner import NodeOutcome, RunContext, snapshot_config
 from ..scheduler import node_priorities, priority_order
@@ -207,6 +208,7 @@ def _execute(run: _Run, todo: list[str], progress: artifacts.StageProgress) -> N
       validate_parameters=True, on_cancellation=[on_cancellation_hook])
 def grid(params: GridParams | None = None) -> dict[str, Any]:
     logger = get_run_logger()
+    claim()  # whatever process runs the flow (CLI, `serve`, a worker) owns its local jobs (owner.py)
     run_id = flow_run_ctx.get_id() or f"local-{uuid.uuid4().hex[:12]}"
     attempt = flow_run_ctx.get_run_count() or 1
     run = _prepare(params or GridParams(), run_id, attempt, logger)

@@ -81,9 +81,12 @@ class RunRecord:
         value = self.info().get("started_at")
         return float(value) if value is not None else None
 
-    def add_job(self, job_id: str, backend: str, req: JobRequest) -> None:
-        line = json.dumps({"job_id": job_id, "backend": backend, "name": req.name, "node": node_of_job(req.name),
-                           "log": str(req.log_path), "attempt": self.attempt,
+    def add_job(self, job_id: str, backend: str, req: JobRequest | None = None, *, name: str = "",
+                log: Path | None = None) -> None:
+        """A job of this run: one it submitted (`req`), or one it adopted (`name`, `log`)."""
+        name, log = (req.name, req.log_path) if req is not None else (name, log)
+        line = json.dumps({"job_id": job_id, "backend": backend, "name": name, "node": node_of_job(name),
+                           "log": str(log), "attempt": self.attempt, "adopted": req is None,
                            "submitted_at": time.time()})
         with self._lock, open(self.dir / "jobs.jsonl", "a") as f:
             f.write(line + "\n")  # one short write per line: readers never see half a record
@@ -140,6 +143,17 @@ class RecordingBackend:
         job_id = self.inner.submit(req)
         self.record.add_job(job_id, self.inner.name, req)
         return job_id
+
+    def find_live(self, name: str) -> str | None:
+        find_live = getattr(self.inner, "find_live", None)
+        return find_live(name) if find_live is not None else None
+
+    def track(self, job_id: str, name: str | None = None, log_path: Path | None = None) -> None:
+        """An adopted job (runner._run_as_job) joins this run's record, so cancel and retry see it."""
+        track = getattr(self.inner, "track", None)
+        if track is not None:
+            track(job_id, name, log_path)
+        self.record.add_job(job_id, self.inner.name, name=name or "", log=log_path)
 
     def poll_many(self, job_ids: Iterable[str]) -> dict[str, JobStatus]:
         return self.inner.poll_many(job_ids)

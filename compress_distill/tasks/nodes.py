@@ -16,9 +16,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
+from .. import faults
 from ..backends.base import JobError
 from ..flows import events
-from ..flows.limits import gpu_limit_specs, gpu_slots
+from ..flows.limits import LEASE_S, gpu_limit_specs, gpu_slots
 from ..runner import NodeOutcome, RunContext, run_node
 
 
@@ -59,8 +60,19 @@ def run_node_task(ctx: RunContext, node_id: str, gpu_limits: bool = True) -> Nod
         gpus = ctx.plan.nodes[node_id].job.gpus
         logger.info("%s: waiting for %d GPU slot(s) of the pool", node_id, gpus)
         slots = gpu_slots(ctx.plan.config.cluster, gpus)
-    with slots:
-        outcome = run_node(ctx, node_id)
+    outcome: NodeOutcome | None = None
+    try:
+        with slots:
+            outcome = run_node(ctx, node_id)
+            faults.reached("slot-release", node_id)
+    except Exception as err:
+        if outcome is None:
+            raise
+        # The node committed; only the bookkeeping after it failed (the Prefect API went away while
+        # the slots were released). A committed node is a success: the server frees the slots when
+        # their lease expires (flows/limits.py LEASE_S), and a rerun finds the node done.
+        logger.warning("%s: committed, but releasing its GPU slot(s) failed (%s: %s); the server frees "
+                       "them when their lease expires (%d s)", node_id, type(err).__name__, err, LEASE_S)
     if outcome.cached:
         logger.info("%s: cached -> %s", node_id, outcome.path)
     elif outcome.would_run:

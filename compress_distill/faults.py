@@ -1,0 +1,37 @@
+"""Deterministic fault points: the orchestrator SIGKILLs itself at a named point of a node's life.
+
+    COMPRESS_DISTILL_KILL_AT=POINT[@NODE_GLOB]
+
+The fault suite (tests/faults/) uses it instead of sleeps, to kill a run exactly where a real
+crash hurts most. Points:
+
+| point         | reached                                                        |
+| ------------- | -------------------------------------------------------------- |
+| after-submit  | a job was submitted and job.json written; the job runs on       |
+| job-ended     | the job ended COMPLETED with its outputs; nothing committed yet |
+| after-commit  | the node committed; its task has not reported back yet          |
+| slot-release  | the node committed; its GPU concurrency slot is being released   |
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import signal
+import sys
+
+KILL_AT_ENV = "COMPRESS_DISTILL_KILL_AT"
+POINTS = ("after-submit", "job-ended", "after-commit", "slot-release")
+
+
+def reached(point: str, node_id: str) -> None:
+    """SIGKILL this process if KILL_AT names `point` (and a glob matching `node_id`)."""
+    assert point in POINTS, point
+    spec = os.environ.get(KILL_AT_ENV, "")
+    if not spec:
+        return
+    want, _, glob = spec.partition("@")
+    if want == point and fnmatch.fnmatchcase(node_id, glob or "*"):
+        print(f"[fault] {KILL_AT_ENV}={spec}: killing pid {os.getpid()} at {point} of {node_id}",
+              file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
