@@ -248,7 +248,12 @@ def verify(
     workers: Annotated[int, typer.Option(help="processes for LaTeX verification")] = 1,
     expect_think: Annotated[bool, typer.Option(help="a response without <think> counts as truncated")] = False,
 ) -> None:
-    """Audit answer extraction: each record comes back on stdout with `extracted` and `correct` added."""
+    """Audit answer extraction: each record comes back on stdout with `extracted` and `correct` added.
+
+    A line without a verdict (malformed, or a record too big to judge) is reported as `line N: reason`
+    on stderr and the others still come out. Exit status: 0 all verified, 1 some lines had no verdict,
+    2 the input could not be opened.
+    """
     from .verify_cli import verify_jsonl
 
     if str(path) == "-":
@@ -262,7 +267,7 @@ def verify(
         with stream:
             counts = verify_jsonl(stream, sys.stdout, workers=workers, expect_think=expect_think)
     err_console.print(f"{counts['records']} records, {counts['correct']} correct, "
-                      f"{counts['errors']} malformed line(s)", highlight=False)
+                      f"{counts['errors']} line(s) without a verdict", highlight=False)
     if counts["errors"]:
         raise typer.Exit(1)
 

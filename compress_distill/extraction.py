@@ -20,6 +20,16 @@ built-in evaluator for arithmetic, ``\\frac``, ``\\sqrt`` and ``\\pi``).
 Math-Verify's timeouts use ``signal.alarm``, which only works in a process's main
 thread: bulk callers use :func:`verify_batch`, which runs records in a process pool.
 Pure module: no I/O, never raises on garbage *text* (unknown answer types do raise).
+
+Work per record is bounded, because responses come from models and users, not from us:
+a response (or gold) over ``MAX_RESPONSE_CHARS`` is not read at all and gets an
+``unverifiable`` verdict, as does a record that trips an unexpected error; anchored spans
+are read from their first ``MAX_SPAN_CHARS``; a literal with more than ``MAX_DIGITS``
+digits is never converted to a number (it still is a candidate, and only equals the
+same text); LaTeX over ``MAX_LATEX_CHARS`` compares as a normalised string only; the
+built-in evaluator refuses nesting deeper than ``MAX_NESTING``. Regexes that face the
+whole text use possessive whitespace runs so no input makes them backtrack
+polynomially.
 """
 
 from __future__ import annotations
@@ -39,6 +49,18 @@ ANSWER_TYPES = ("numeric", "letter", "boolean", "latex")
 DEFAULT_LETTERS = "ABCDEFGHIJ"
 MAX_CANDIDATES = 64  # per stage, from the end: bounds work on degenerate, repetitive output
 MATH_VERIFY_TIMEOUT_S = 3
+# ~250k tokens: far above any teacher's max_tokens (the paper's is 14,336, ~60k characters),
+# and small enough that every stage below stays well under a second on the worst text.
+MAX_RESPONSE_CHARS = 1_000_000
+# An anchored answer (a box, "####", "the answer is") is read from its first 2,000
+# characters: real ones are far shorter, and 64 nested boxes then cost 64 x 2,000, not 64 x n.
+MAX_SPAN_CHARS = 2_000
+# Digits in one literal: int/Fraction conversion is superlinear (and Python refuses > 4,300
+# digits outright), so longer literals are kept as text and only equal the same text.
+MAX_DIGITS = 400
+MAX_LATEX_CHARS = 1_000  # longer LaTeX: normalised-string equality only (no evaluator, no Math-Verify)
+MAX_NESTING = 100  # evaluator recursion (brackets, \frac, powers): far below Python's stack limit
+UNVERIFIABLE = "unverifiable"  # Verdict.reason of a record that could not be judged (see Verdict.error)
 
 
 @dataclass(frozen=True)
@@ -54,7 +76,13 @@ class Verdict:
     extracted: str | None
     correct: bool
     truncated: bool
-    reason: str  # "match" | "mismatch" | "no_answer" | "truncated"
+    reason: str  # "match" | "mismatch" | "no_answer" | "truncated" | "unverifiable"
+    error: str | None = None  # why an "unverifiable" record could not be judged
+
+
+def unverifiable(error: str) -> Verdict:
+    """The verdict of a record that could not be judged: scored incorrect, with the cause."""
+    return Verdict(None, False, False, UNVERIFIABLE, error)
 
 
 def check_answer_type(answer_type: str) -> None:
@@ -92,38 +120,59 @@ def split_think(response: str, *, expect_think: bool = False) -> ThinkSplit:
 
 # --------------------------------------------------------------------------- numbers
 
+# Whitespace runs are possessive (\s*+): none of the tokens after them can start with a
+# space, so the matches are the same, but a failed match no longer retries every way of
+# splitting a long run between neighbouring \s* (cubic on "-" + 500 spaces + "x").
 _FRAC = (
-    r"\\[dt]?frac\s*(?:\{\s*(?P<fn>-?\d+(?:\.\d+)?)\s*\}|(?P<fn1>\d))"
-    r"\s*(?:\{\s*(?P<fd>-?\d+(?:\.\d+)?)\s*\}|(?P<fd1>\d))"
+    r"\\[dt]?frac\s*+(?:\{\s*+(?P<fn>-?\d+(?:\.\d+)?)\s*+\}|(?P<fn1>\d))"
+    r"\s*+(?:\{\s*+(?P<fd>-?\d+(?:\.\d+)?)\s*+\}|(?P<fd1>\d))"
 )
 # Commas only as proper thousands groups, so "1,5" is two numbers, not 15.
 _DEC = (
     r"(?P<dec>(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+)"
-    r"(?:[eE](?P<exp>[-+]?\d{1,4})(?!\d)|\s*(?:\\times|\\cdot|×)\s*10\s*\^\s*\{?\s*(?P<exp2>[-+]?\d{1,4})\s*\}?)?"
-    r"(?:\s*/\s*(?P<den>\d+(?:\.\d+)?)(?!\.?\d))?"
+    r"(?:[eE](?P<exp>[-+]?\d{1,4})(?!\d)"
+    r"|\s*+(?:\\times|\\cdot|×)\s*+10\s*+\^\s*+\{?\s*+(?P<exp2>[-+]?\d{1,4})\s*+\}?)?"
+    r"(?:\s*+/\s*+(?P<den>\d+(?:\.\d+)?)(?!\.?\d))?"
 )
 # Not glued to a word ("B12", "x2"), a decimal point or a command; "3-5" is 3 and 5.
 _NUM_SEARCH = re.compile(rf"(?<![\w.\\/])(?P<neg>-(?=[\d.\\]))?(?:{_FRAC}|{_DEC})")
 _NUM_ANCHOR = re.compile(
-    rf"\s*(?P<neg>-)?\s*(?:[$€£¥₹]|usd\b|rs\.?)?\s*(?P<neg2>-)?\s*(?:{_FRAC}|{_DEC})", re.I
+    rf"\s*+(?P<neg>-)?\s*+(?:[$€£¥₹]|usd\b|rs\.?)?\s*+(?P<neg2>-)?\s*+(?:{_FRAC}|{_DEC})", re.I
 )
 _ASSIGN = re.compile(r"^\s*[A-Za-z_]\w*\s*=\s*")  # "x = 5"
-_MIXED = re.compile(r"\s*(?P<neg>-)?\s*(\d+)\s+(\d+)\s*/\s*(\d+)")
-_UNIT_POWER = re.compile(r"\^\s*\{?\s*-?\d+\s*\}?")  # "m^2" is a unit, not a second number
+_MIXED = re.compile(r"\s*+(?P<neg>-)?\s*+(\d+)\s++(\d+)\s*+/\s*+(\d+)")
+_UNIT_POWER = re.compile(r"\^\s*+\{?\s*+-?\d+\s*+\}?")  # "m^2" is a unit, not a second number
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _THIN_SPACE_GROUP = re.compile(r"(?<=\d)\\[,!;:]\s*(?=\d{3}(?!\d))")
 _NOISE = re.compile(r"\\left|\\right|\\displaystyle|\\[!,;: ]|\\%|\*\*|__|`|~")
 
 
+def _huge(*literals: str | None) -> bool:
+    """Whether a literal is too long to convert (see MAX_DIGITS)."""
+    return any(lit is not None and len(lit) > MAX_DIGITS for lit in literals)
+
+
+def _is_huge_match(m: re.Match[str]) -> bool:
+    return _huge(m["fn"], m["fd"], m["dec"], m["den"])
+
+
+def _is_candidate(m: re.Match[str]) -> bool:
+    """A number to extract: anything but a zero denominator. One too long to evaluate counts
+    (so a huge final answer is not skipped for an earlier small number); no Fraction is built,
+    so scanning every number of a long text stays cheap."""
+    den = m["fd"] or m["fd1"] or m["den"]
+    return den is None or den.strip("-.0") != ""
+
+
 def _match_value(m: re.Match[str]) -> Fraction | None:
+    if _is_huge_match(m):  # absurd literals: refuse rather than burn CPU (or hit the int-str limit)
+        return None
     if m["fn"] or m["fn1"]:
         num, den = Fraction(m["fn"] or m["fn1"]), Fraction(m["fd"] or m["fd1"])
         if den == 0:
             return None
         value = num / den
     else:
-        if len(m["dec"]) > 400:  # absurd literals: refuse rather than burn CPU
-            return None
         value = Fraction(m["dec"].replace(",", ""))
         exp = m["exp"] or m["exp2"]
         if exp:
@@ -146,11 +195,17 @@ def _clean(text: str) -> str:
     return _NOISE.sub(" ", text)
 
 
-def _parse_number(text: str) -> tuple[str, Fraction] | None:
-    """Anchored parse: a whole string that is one number plus optional units/percent."""
+def _parse_number(text: str) -> tuple[str, Fraction | None] | None:
+    """Anchored parse: a whole string that is one number plus optional units/percent.
+
+    The value is None for a number too long to evaluate (see MAX_DIGITS): it is still
+    one number, so a span holding it is not searched for a smaller one inside it.
+    """
     s = _ASSIGN.sub("", _clean(text).replace("$", " ")).strip()
     mixed = _MIXED.match(s)
     if mixed and not re.search(r"\d", _UNIT_POWER.sub("", s[mixed.end() :])):
+        if _huge(*mixed.groups()[1:]):
+            return mixed.group(0).strip(), None
         whole, num, den = (int(g) for g in mixed.groups()[1:])
         if den == 0:
             return None
@@ -159,6 +214,8 @@ def _parse_number(text: str) -> tuple[str, Fraction] | None:
     m = _NUM_ANCHOR.match(s)
     if not m or re.search(r"\d", _UNIT_POWER.sub("", s[m.end() :])):
         return None
+    if _is_huge_match(m):
+        return m.group(0).strip(), None
     value = _match_value(m)
     return None if value is None else (m.group(0).strip(), value)
 
@@ -169,7 +226,8 @@ def normalize_numeric(s: str | int | float | Fraction | None) -> Fraction | None
     Handles thousands commas, decimals, ``a/b``, ``\\frac``/``\\dfrac``, negatives,
     scientific notation (``1.5e3``, ``1.5 \\times 10^{3}``), mixed numbers
     (``1 1/2``), currency signs and trailing units or ``%`` (dropped: ``12%`` -> 12,
-    because datasets give percent answers as the bare number).
+    because datasets give percent answers as the bare number). A literal with more than
+    ``MAX_DIGITS`` digits has no value here (None): answers_match then compares its text.
     """
     if s is None or isinstance(s, bool):
         return None
@@ -186,7 +244,7 @@ def normalize_numeric(s: str | int | float | Fraction | None) -> Fraction | None
 
 
 def _first_number(text: str) -> re.Match[str] | None:
-    return next((m for m in _NUM_SEARCH.finditer(text) if _match_value(m) is not None), None)
+    return next((m for m in _NUM_SEARCH.finditer(text) if _is_candidate(m)), None)
 
 
 def _numeric_from_span(span: str, boxed: bool) -> str | None:
@@ -207,10 +265,11 @@ def _numeric_from_span(span: str, boxed: bool) -> str | None:
 
 
 def _numeric_fallback(text: str) -> str | None:
-    for m in reversed(list(_NUM_SEARCH.finditer(_clean(text)))):
-        if _match_value(m) is not None:
-            return m.group(0).strip()
-    return None
+    last = None
+    for m in _NUM_SEARCH.finditer(_clean(text)):  # forward, keeping one match: no list of them all
+        if _is_candidate(m):
+            last = m
+    return last.group(0).strip() if last else None
 
 
 # --------------------------------------------------------------------------- letters
@@ -232,7 +291,7 @@ def _strip_markup(text: str) -> str:
 def _letter_from_span(span: str, letters: str) -> str | None:
     """Letter right after an anchor: "(B)", "B) Paris", "Option C", "d." ..."""
     s = _strip_markup(span).strip()
-    first = re.match(r"[\s(\[{\"']*(?:(?:option|choice)\s*[:#]?\s*)?\(?([A-Za-z])(?![\w'-])(.*)", s, re.I | re.S)
+    first = re.match(r"[\s(\[{\"']*(?:(?:option|choice)\s*+[:#]?\s*+)?\(?([A-Za-z])(?![\w'-])(.*)", s, re.I | re.S)
     if first:
         letter, rest = first.group(1), first.group(2)
         follows = re.match(r"\s+([A-Za-z0-9]\w*)", rest)
@@ -241,23 +300,24 @@ def _letter_from_span(span: str, letters: str) -> str | None:
         is_word = letter in "AI" or letter.islower()
         if letter.upper() in letters and not (is_word and word_follows):
             return letter.upper()
-    for m in re.finditer(r"[(\[]([A-Za-z])[)\]]|\b(?:option|choice)\s*[:#]?\s*([A-Za-z])\b", s, re.I):
+    for m in re.finditer(r"[(\[]([A-Za-z])[)\]]|\b(?:option|choice)\s*+[:#]?\s*+([A-Za-z])\b", s, re.I):
         letter = (m.group(1) or m.group(2)).upper()
         if letter in letters:
             return letter
-    for m in re.finditer(r"(?<![\w'-])([A-Z])(?=[ \t]*(?:$|[.,;:!?)]))", s, re.M):
+    for m in re.finditer(r"(?<![\w'-])([A-Z])(?=[ \t]*+(?:$|[.,;:!?)]))", s, re.M):
         if m.group(1) in letters:
             return m.group(1)
     return None
 
 
+# Possessive runs (*+, ++) as in the number regexes: these scan the whole answer text.
 _LETTER_PATTERNS = (
-    re.compile(r"\b(?:option|choice)\s*[:#]?\s*\(?([A-Za-z])\b", re.I),  # "Option B", "choice (c)"
+    re.compile(r"\b(?:option|choice)\s*+[:#]?\s*+\(?([A-Za-z])\b", re.I),  # "Option B", "choice (c)"
     re.compile(r"[(\[]([A-Za-z])[)\]]"),  # "(B)", "[c]"
     re.compile(r"(?<=[ \t])([A-Z])\)"),  # "so B) is right" (line-start "B)" handled below)
-    re.compile(r"^[ \t*#>\-]*\(?([A-Z])[ \t*.):]*$", re.M),  # a line that is just the letter
-    re.compile(r"(?<![\w'\-(\[])([A-Z])(?=[ \t]*(?:[.,;:!?]|$))", re.M),  # "... clearly B."
-    re.compile(r"\b([A-Z])\s+is\s+(?:the\s+)?(?:correct|right|best|true)\b"),
+    re.compile(r"^[ \t*#>\-]*+\(?([A-Z])[ \t*.):]*+$", re.M),  # a line that is just the letter
+    re.compile(r"(?<![\w'\-(\[])([A-Z])(?=[ \t]*+(?:[.,;:!?]|$))", re.M),  # "... clearly B."
+    re.compile(r"\b([A-Z])\s++is\s++(?:the\s++)?(?:correct|right|best|true)\b"),
 )
 _OPTION_LINE = re.compile(r"^[ \t*#>\-]*[(\[]?([A-Z])[).:\]][ \t]+\S", re.M)
 
@@ -352,32 +412,47 @@ _PHRASE = re.compile(
 )
 
 
-def _boxed_spans(text: str) -> list[str]:
+def _closing_braces(text: str) -> dict[int, int]:
+    """Index of each ``{`` -> index of its matching ``}``, in one pass (so many unbalanced
+    boxes stay linear)."""
     closing: dict[int, int] = {}
-    if _BOXED.search(text):
-        stack = []
-        for i, ch in enumerate(text):  # one pass, so many unbalanced boxes stay linear
-            if ch == "{":
-                stack.append(i)
-            elif ch == "}" and stack:
-                closing[stack.pop()] = i
-    spans = []
-    for m in _BOXED.finditer(text):
+    stack = []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            closing[stack.pop()] = i
+    return closing
+
+
+def _boxed_spans(text: str) -> list[str]:
+    """Contents of the last MAX_CANDIDATES boxes, in order, each cut to MAX_SPAN_CHARS.
+
+    Boxes are visited from the end and only those are sliced: slicing every box of
+    nested output ("\\boxed{" * n) would copy O(n^2) characters.
+    """
+    boxes = list(_BOXED.finditer(text))
+    closing = _closing_braces(text) if boxes else {}
+    spans: list[str] = []
+    for m in reversed(boxes):
+        if len(spans) == MAX_CANDIDATES:
+            break
         i = m.end()
         if i < len(text) and text[i] == "{":
             if i in closing:  # an unbalanced box (cut-off output) yields nothing
-                spans.append(text[i + 1 : closing[i]])
+                spans.append(text[i + 1 : min(closing[i], i + 1 + MAX_SPAN_CHARS)])
         else:
-            bare = _BARE_BOX.match(text, i)  # "\boxed 5"
+            bare = _BARE_BOX.match(text, i, i + MAX_SPAN_CHARS)  # "\boxed 5"
             if bare:
                 spans.append(bare.group(0))
-    return spans
+    return spans[::-1]
 
 
 def _phrase_spans(text: str) -> list[str]:
     anchors = list(_PHRASE.finditer(text))
     spans = []
-    for i, m in enumerate(anchors):
+    for i in range(max(0, len(anchors) - MAX_CANDIDATES), len(anchors)):  # only the last ones are read
+        m = anchors[i]
         # A span runs to the end of its line, or to the next anchor ("5, wait no. The answer is 6").
         end = anchors[i + 1].start() if i + 1 < len(anchors) else len(text)
         span = text[m.end() : end].split("\n", 1)[0]
@@ -413,7 +488,7 @@ def extract_answer(text: str, answer_type: str, choices: int | None = None) -> s
     ]
     for spans, boxed in stages:
         for span in reversed(spans[-MAX_CANDIDATES:]):
-            found = parse(span, boxed, letters)
+            found = parse(span[:MAX_SPAN_CHARS], boxed, letters)
             if found is not None:
                 return found
     if answer_type == "numeric":
@@ -458,6 +533,7 @@ class _Eval:
         self.variables = frozenset(t for t in self.tokens if t.isalpha())
         self.env: dict[str, float] = {}
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> str | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -495,7 +571,24 @@ class _Eval:
             else:
                 return value
 
+    def _nested(self, parse: Callable[[], float]) -> float:
+        """Run one recursive step, refusing nesting past MAX_NESTING: "((((...", "--...-1",
+        "2^2^...", "\\frac\\frac..." recurse once per level, so the input picks the depth."""
+        if self.depth >= MAX_NESTING:
+            raise ValueError("nested too deeply")
+        self.depth += 1
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
+
     def unary(self) -> float:
+        return self._nested(self._unary)
+
+    def atom(self) -> float:
+        return self._nested(self._atom)
+
+    def _unary(self) -> float:
         if self.peek() in ("-", "+"):
             return -self.unary() if self.take() == "-" else self.unary()
         base = self.atom()
@@ -510,7 +603,7 @@ class _Eval:
             return float(result)
         return base
 
-    def atom(self) -> float:
+    def _atom(self) -> float:
         tok = self.take()
         if tok[0].isdigit() or tok[0] == ".":
             return float(tok)
@@ -539,6 +632,8 @@ class _Eval:
 
 def _eval_latex(s: str) -> tuple[frozenset[str], list[float]] | None:
     """(variables, values at the probe points), or None when outside the evaluator's grammar."""
+    if len(s) > MAX_LATEX_CHARS:
+        return None
     try:
         ev = _Eval(s)
         if len(ev.variables) > 3:
@@ -568,6 +663,8 @@ def _load_math_verify() -> tuple[Any, Any] | None:
 
 def _math_verify_equal(pred: str, gold: str) -> bool | None:
     """Math-Verify's opinion, or None when unavailable, off the main thread, or unparseable."""
+    if max(len(pred), len(gold)) > MAX_LATEX_CHARS:  # its timeouts bound time, not parser memory
+        return None
     mv = _load_math_verify()
     if mv is None or threading.current_thread() is not threading.main_thread():
         return None
@@ -623,8 +720,24 @@ def answers_match(extracted: str | None, gold: str, answer_type: str) -> bool:
 def verify_response(
     response: str, gold: str, answer_type: str, choices: int | None = None, *, expect_think: bool = False
 ) -> Verdict:
-    """Extract from the text after ``</think>`` and compare with ``gold``."""
+    """Extract from the text after ``</think>`` and compare with ``gold``.
+
+    Total on text: a response or gold over MAX_RESPONSE_CHARS, or a record that trips an
+    unexpected error, gets an ``unverifiable`` verdict (incorrect, with ``error`` saying
+    why) instead of raising, so one hostile output never costs the rest of a batch.
+    Only an unknown ``answer_type`` raises (a caller's bug, not a model's).
+    """
     check_answer_type(answer_type)
+    for name, text in (("response", response), ("answer", gold)):
+        if isinstance(text, str) and len(text) > MAX_RESPONSE_CHARS:
+            return unverifiable(f"{name} is {len(text):,} characters, over the {MAX_RESPONSE_CHARS:,} limit")
+    try:
+        return _verify(response, gold, answer_type, choices, expect_think)
+    except Exception as exc:  # the limits should make this unreachable; if not, one record pays, not the batch
+        return unverifiable(f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _verify(response: str, gold: str, answer_type: str, choices: int | None, expect_think: bool) -> Verdict:
     split = split_think(response, expect_think=expect_think)
     if split.truncated:
         return Verdict(None, False, True, "truncated")
@@ -658,6 +771,8 @@ def verify_batch(
     Records run in worker processes (their main threads), where Math-Verify's signal
     timeouts work and a pathological expression cannot hang the caller's thread.
     ``workers=1`` from a main thread runs in-process; pass ``executor`` to reuse a pool.
+    A record that cannot be judged gets an ``unverifiable`` verdict, never an exception
+    (see :func:`verify_response`), so the other verdicts of the batch always come back.
     """
     args: list[VerifyArgs] = []
     for r in records:

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from compress_distill.extraction import UNVERIFIABLE
 from compress_distill.generation.client import (
     ChatClient,
     ChatRequest,
@@ -98,17 +99,23 @@ class Judge:
             v = self.verify(c.response, str(q["answer"]), q["answer_type"], choices=n_opts)
         else:
             v = self.verify(c.response, str(q["answer"]), q["answer_type"])
+        reason = detail = None
         if isinstance(v, bool):
             correct, extracted = v, None
         elif isinstance(v, Mapping):
             correct, extracted, truncated = bool(v["correct"]), v.get("extracted"), truncated or bool(v.get("truncated"))
+            reason, detail = v.get("reason"), v.get("error")
         else:  # Verdict(extracted, correct, truncated, reason)
             correct, extracted = bool(v.correct), getattr(v, "extracted", None)
             truncated = truncated or bool(getattr(v, "truncated", False))
+            reason, detail = getattr(v, "reason", None), getattr(v, "error", None)
         extracted_s = None if extracted is None else str(extracted)
         if self.require_think and c.think_closed is not True:
             # A distillation trace needs a closed think block, whatever the answer says.
             return Outcome(False, extracted_s, truncated, "unclosed_think" if c.think_closed is False else "no_think")
+        if reason == UNVERIFIABLE:  # e.g. over the size limit: its own reject count, not "wrong"
+            log.warning("%s: answer could not be verified (%s); rejected", q.get("id"), detail)
+            return Outcome(False, extracted_s, truncated, UNVERIFIABLE)
         if not correct:
             return Outcome(False, extracted_s, truncated, "truncated" if truncated else "wrong")
         return Outcome(True, extracted_s, truncated, None)

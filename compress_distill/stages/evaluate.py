@@ -5,7 +5,8 @@ SE, overall accuracy, completion tokens, truncation rate, median reasoning
 length, Acc/1k tokens) are published. A question whose request failed is a
 record too (`failed: true`, scored wrong, empty response), never dropped: past
 `evaluation.max_failed_fraction` the node fails instead, and a rerun re-asks
-only the failed ids.
+only the failed ids. A response extraction cannot judge (e.g. over its size
+limit) is scored wrong with the cause in `verify_error`, and counted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ..extraction import split_think, verify_batch
+from ..extraction import UNVERIFIABLE, split_think, verify_batch
 from ..generation.client import ChatRequest, ClientConfig, Sampling
 from ..generation.rejection import build_messages
 from ..generation.sharded import check_failures, clipped_count, complete_into_shards, unanswered
@@ -55,7 +56,9 @@ def run(ctx: StageContext) -> StageResult:
     n = write_parquet(records, ctx.out / "records.parquet")
     metrics = eval_metrics(records, list(ev.groups)).to_row()
     Path(ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return StageResult({"records.parquet": n}, {**metrics, **failed, "clipped_requests": clipped_count(done.values())})
+    unverifiable = sum(v.reason == UNVERIFIABLE for v in verdicts)
+    return StageResult({"records.parquet": n}, {**metrics, **failed, "unverifiable": unverifiable,
+                                                "clipped_requests": clipped_count(done.values())})
 
 
 def _record(q: Mapping[str, Any], group: str, c: Mapping[str, Any], v: Any) -> dict[str, Any]:
@@ -63,10 +66,12 @@ def _record(q: Mapping[str, Any], group: str, c: Mapping[str, Any], v: Any) -> d
     cut = c.get("finish_reason") == "length" or v.truncated
     return {"id": q["id"], "dataset": q["dataset"], "group": group, "correct": bool(v.correct),
             "truncated": bool(cut), "extracted": v.extracted, "completion_tokens": int(c.get("completion_tokens") or 0),
-            "reasoning_chars": len(split.reasoning), "response": c["response"], "failed": False}
+            "reasoning_chars": len(split.reasoning), "response": c["response"], "failed": False,
+            "verify_error": v.error}
 
 
 def _failed_record(q: Mapping[str, Any], group: str) -> dict[str, Any]:
     """A question whose request failed: scored wrong, with nothing to measure."""
     return {"id": q["id"], "dataset": q["dataset"], "group": group, "correct": False, "truncated": False,
-            "extracted": None, "completion_tokens": 0, "reasoning_chars": 0, "response": "", "failed": True}
+            "extracted": None, "completion_tokens": 0, "reasoning_chars": 0, "response": "", "failed": True,
+            "verify_error": None}

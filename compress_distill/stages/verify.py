@@ -3,7 +3,9 @@
 Generation already verifies inside its rounds (to decide what to resample);
 this CPU step re-verifies in a process pool, where Math-Verify's signal-based
 timeouts work, joins the question fields, and quarantines anything that no
-longer checks out (with its reason) instead of dropping it.
+longer checks out (with its reason) instead of dropping it. A trace extraction
+cannot judge (reason `unverifiable`, e.g. a response over the size limit) is
+quarantined like the others, with the cause in `detail`, and counted.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..extraction import split_think, verify_batch
+from ..extraction import UNVERIFIABLE, split_think, verify_batch
 from ..store import write_parquet
 from . import StageContext, StageResult
 
@@ -25,7 +27,7 @@ TRACES_SCHEMA = pa.schema([
     ("reasoning_chars", pa.int64()), ("round", pa.int32()), ("completion_tokens", pa.int64()),
     ("extracted", pa.string()),
 ])
-QUARANTINE_SCHEMA = TRACES_SCHEMA.append(pa.field("reason", pa.string()))
+QUARANTINE_SCHEMA = TRACES_SCHEMA.append(pa.field("reason", pa.string())).append(pa.field("detail", pa.string()))
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -45,12 +47,13 @@ def run(ctx: StageContext) -> StageResult:
         if v.correct and split.has_close:
             traces.append(row)
         else:
-            quarantined.append({**row, "reason": v.reason})
+            quarantined.append({**row, "reason": v.reason, "detail": v.error})
     rows = {"traces.parquet": write_parquet(traces, ctx.out / "traces.parquet", schema=TRACES_SCHEMA),
             "quarantine.parquet": write_parquet(quarantined, ctx.out / "quarantine.parquet",
                                                 schema=QUARANTINE_SCHEMA)}
     yield_rows = json.loads((gen_dir / "yield.json").read_text())
     rows["yield.parquet"] = write_parquet(pa.Table.from_pylist(yield_rows), ctx.out / "yield.parquet")
     return StageResult(rows, {"verified": len(traces), "quarantined": len(quarantined),
+                              "unverifiable": sum(v.reason == UNVERIFIABLE for v in verdicts),
                               "questions": len(questions)})
 
