@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import ConfigError, StudyConfig, load_config
@@ -32,11 +33,19 @@ SelectOpt = Annotated[list[str] | None, typer.Option(
     "--select", "-s", help="cell filter AXIS=GLOB (teacher/student/method/data), repeatable")]
 
 
+def _error(message: str) -> None:
+    """`error: <message>` on stderr. The message may quote a config's bytes or a file name: it is
+    printed as text (never as rich markup, where `[/x]` would raise) without control characters,
+    and not folded at the terminal width (one line per error stays one line in a log)."""
+    clean = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in message)
+    err_console.print(f"[red]error:[/red] {escape(clean)}", highlight=False, soft_wrap=True)
+
+
 def _load(config: Path) -> StudyConfig:
     try:
         return load_config(config)
     except ConfigError as err:
-        err_console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
 
 
@@ -45,7 +54,7 @@ def _plan(config: Path) -> Plan:
     try:
         return build_plan(cfg)
     except ValueError as err:
-        err_console.print(f"[red]error:[/red] {config}: {err}", highlight=False)
+        _error(f"{config}: {err}")
         raise typer.Exit(2) from None
 
 
@@ -126,7 +135,7 @@ def plan(config: ConfigArg, store: StoreOpt = None,
         try:
             lines = simulate_report(p, cost, nodes, gpus_per_node, job_overhead_h)
         except ValueError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False)
+            _error(str(err))
             raise typer.Exit(2) from None
         for line in lines:
             console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -143,7 +152,7 @@ def plan(config: ConfigArg, store: StoreOpt = None,
         job = n["job"]
         res = f"{job['kind']} x{job['gpus']}gpu {job['time_limit']}" if job["kind"] != "cpu" else "cpu"
         gh = "-" if n["est_gpu_hours"] is None else f"{n['est_gpu_hours']:.1f}"
-        table.add_row(n["id"], f"[{style[n['status']]}]{n['status']}[/]", res, gh, n["reason"])
+        table.add_row(n["id"], f"[{style[n['status']]}]{n['status']}[/]", res, gh, escape(n["reason"]))
     console.print(table)
     t = doc["totals"]
     console.print(f"training {t['train_gpu_hours']:.1f} GPU-h, upstream {t['upstream_gpu_hours']:.1f} GPU-h "
@@ -159,7 +168,7 @@ def explain(config: ConfigArg, node: Annotated[str, typer.Argument(help="node id
     try:
         lines = explain_node(p, ArtifactStore(store or p.config.store_root), node)
     except KeyError as err:
-        err_console.print(f"[red]error:[/red] {err.args[0]}", highlight=False)
+        _error(str(err.args[0]))
         raise typer.Exit(2) from None
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -181,8 +190,8 @@ def report(config: ConfigArg, store: StoreOpt = None,
     missing = [d for d in p.nodes[rid].deps
                if not st.is_done(p.nodes[d].stage, p.nodes[d].name, p.keys[d])]
     if missing:
-        err_console.print(f"[red]error:[/red] {len(missing)} upstream step(s) not in the store {st.root}, e.g. "
-                          f"{', '.join(missing[:3])}; run `compress-distill run {config}` first", highlight=False)
+        _error(f"{len(missing)} upstream step(s) not in the store {st.root}, e.g. "
+               f"{', '.join(missing[:3])}; run `compress-distill run {config}` first")
         raise typer.Exit(2)
     outcome = run_node(RunContext(plan=p, store=st, config_path=snapshot_config(p, st)), rid)
     path = st.root / outcome.path
@@ -234,7 +243,7 @@ def build_models_cmd(
                     shutil.rmtree(old, ignore_errors=True)
                     paths[name] = final
     except ValueError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
     for name, path in paths.items():
         console.print(f"{name}: {path}", highlight=False)
@@ -256,7 +265,7 @@ def verify(
         try:
             stream = path.open("rb")  # bytes: a bad UTF-8 line is reported by number, not fatal
         except OSError as err:
-            err_console.print(f"[red]error:[/red] {path}: {err.strerror}", highlight=False)
+            _error(f"{path}: {err.strerror}")
             raise typer.Exit(2) from None
         with stream:
             counts = verify_jsonl(stream, sys.stdout, workers=workers, expect_think=expect_think)
@@ -283,7 +292,7 @@ def render(config: ConfigArg, outdir: Annotated[Path, typer.Argument(help="direc
     try:
         files = render_study(_load(config), outdir, overrides=overrides or None)
     except (ValueError, KeyError) as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
     console.print(f"wrote {len(files)} files under {outdir}")
 
@@ -324,7 +333,7 @@ def stage_weights(config: ConfigArg,
     try:
         rows = stage(cfg, dry_run=dry_run)
     except ValueError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
     for ref, what in rows:
         console.print(f"{ref}: {what}", highlight=False)
