@@ -20,7 +20,7 @@ from .costmodel import CostModel, measured_hours
 from .plan import Plan, build_plan
 from .status import explain as explain_node
 from .status import node_statuses
-from .store import ArtifactStore
+from .store import ArtifactStore, LeaseTimeout, check_dir
 
 app = typer.Typer(help="Reasoning-trace compression for knowledge distillation, as one cached DAG.",
                   no_args_is_help=True, add_completion=False)
@@ -158,6 +158,10 @@ def plan(config: ConfigArg, store: StoreOpt = None,
     console.print(f"training {t['train_gpu_hours']:.1f} GPU-h, upstream {t['upstream_gpu_hours']:.1f} GPU-h "
                   f"(estimates; cost model seeded with the paper's Table 11 and upstream times); "
                   f"status: {t['status']}")
+    corrupt = [n["id"] for n in doc["nodes"] if n["reason"].startswith("corrupt artifact")]
+    if corrupt:
+        err_console.print(f"warning: {len(corrupt)} committed artifact(s) corrupt (see reason), e.g. "
+                          f"{', '.join(corrupt[:3])}; `run` recomputes them", highlight=False, markup=False)
 
 
 @app.command()
@@ -172,6 +176,61 @@ def explain(config: ConfigArg, node: Annotated[str, typer.Argument(help="node id
         raise typer.Exit(2) from None
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("check-store")
+def check_store(
+    config: Annotated[Path | None, typer.Argument(help="study config whose store_root to check (or give --store)")]
+    = None,
+    store: StoreOpt = None,
+    quarantine: Annotated[bool, typer.Option("--quarantine", help="move each corrupt artifact to "
+                                             "<stage>/.corrupt/ so the next run recomputes it")] = False,
+) -> None:
+    """Verify every committed artifact of the store against its manifest: sizes and sha256 of all files.
+
+    Prints one line per corrupt artifact and a summary; exits 1 if any is corrupt. The whole store is
+    checked (a store can be shared by studies); CONFIG only says where it is."""
+    if store is None:
+        if config is None:
+            _error("give CONFIG (its store_root is checked) or --store ROOT")
+            raise typer.Exit(2)
+        store = Path(_load(config).store_root)
+    st = ArtifactStore(store)
+    if not st.root.is_dir():
+        _error(f"no artifact store at {st.root}")
+        raise typer.Exit(2)
+    counts = {"done": 0, "corrupt": 0, "unverified": 0}
+    for stage, dirname, path in st.committed():
+        found = check_dir(path, hashes=True)
+        counts[found.state] += 1
+        if found.state != "corrupt":
+            continue
+        line = f"CORRUPT {stage}/{dirname}: {'; '.join(found.problems)}"
+        if quarantine:
+            line += f" -> {_quarantine(st, stage, path)}"
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    total = sum(counts.values())
+    console.print(f"checked {total} artifact(s) under {st.root}: {counts['done']} ok, {counts['corrupt']} corrupt, "
+                  f"{counts['unverified']} unverified (manifests written before file hashes were recorded)",
+                  highlight=False, markup=False, soft_wrap=True)
+    if counts["corrupt"]:
+        hint = "`run` recomputes what was moved aside" if quarantine else \
+            "`check-store --quarantine` moves them aside, then `run` recomputes them"
+        console.print(hint, highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def _quarantine(st: ArtifactStore, stage: str, path: Path) -> str:
+    """Move one corrupt artifact aside under its node's lease (a run may be replacing it right now)."""
+    name, _, key = path.name.rpartition("-")  # `<name>-<key>`: a key has no '-', a name may
+    try:
+        with st.lease(stage, name, key, timeout_s=5):
+            found = st.check(stage, name, key, hashes=True)  # re-check: a run may have replaced it
+            if found.state != "corrupt":
+                return f"not moved: now {found.state}"
+            return f"moved to {st.rel(st.quarantine(stage, name, key, found.problems))}"
+    except LeaseTimeout:
+        return "not moved: a run holds its lease"
 
 
 @app.command()
@@ -190,7 +249,7 @@ def report(config: ConfigArg, store: StoreOpt = None,
     missing = [d for d in p.nodes[rid].deps
                if not st.is_done(p.nodes[d].stage, p.nodes[d].name, p.keys[d])]
     if missing:
-        _error(f"{len(missing)} upstream step(s) not in the store {st.root}, e.g. "
+        _error(f"{len(missing)} upstream step(s) not in the store {st.root} (or corrupt), e.g. "
                f"{', '.join(missing[:3])}; run `compress-distill run {config}` first")
         raise typer.Exit(2)
     outcome = run_node(RunContext(plan=p, store=st, config_path=snapshot_config(p, st)), rid)

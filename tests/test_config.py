@@ -233,7 +233,7 @@ def test_plan_cli_prints_the_error_without_a_traceback(tmp_path: Path, name: str
 
 @pytest.mark.parametrize("command", [
     ["plan"], ["explain", "-", "train/x"], ["render", "-", "out"], ["preflight"], ["stage-weights"],
-    ["report"], ["run"]])
+    ["report"], ["run"], ["check-store"]])
 def test_every_command_that_takes_a_config_gives_the_error(tmp_path: Path, command: list[str]) -> None:
     path = tmp_path / "bad.yaml"
     path.write_bytes(b"name: caf\xe9\n")
