@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .config import ConfigError, StudyConfig, load_config
@@ -20,7 +21,7 @@ from .owner import claim
 from .plan import Plan, build_plan
 from .status import explain as explain_node
 from .status import node_statuses
-from .store import ArtifactStore
+from .store import ArtifactStore, LeaseTimeout, check_dir
 
 app = typer.Typer(help="Reasoning-trace compression for knowledge distillation, as one cached DAG.",
                   no_args_is_help=True, add_completion=False)
@@ -33,11 +34,19 @@ SelectOpt = Annotated[list[str] | None, typer.Option(
     "--select", "-s", help="cell filter AXIS=GLOB (teacher/student/method/data), repeatable")]
 
 
+def _error(message: str) -> None:
+    """`error: <message>` on stderr. The message may quote a config's bytes or a file name: it is
+    printed as text (never as rich markup, where `[/x]` would raise) without control characters,
+    and not folded at the terminal width (one line per error stays one line in a log)."""
+    clean = "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in message)
+    err_console.print(f"[red]error:[/red] {escape(clean)}", highlight=False, soft_wrap=True)
+
+
 def _load(config: Path) -> StudyConfig:
     try:
         return load_config(config)
     except ConfigError as err:
-        err_console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
 
 
@@ -46,7 +55,7 @@ def _plan(config: Path) -> Plan:
     try:
         return build_plan(cfg)
     except ValueError as err:
-        err_console.print(f"[red]error:[/red] {config}: {err}", highlight=False)
+        _error(f"{config}: {err}")
         raise typer.Exit(2) from None
 
 
@@ -127,7 +136,7 @@ def plan(config: ConfigArg, store: StoreOpt = None,
         try:
             lines = simulate_report(p, cost, nodes, gpus_per_node, job_overhead_h)
         except ValueError as err:
-            err_console.print(f"[red]error:[/red] {err}", highlight=False)
+            _error(str(err))
             raise typer.Exit(2) from None
         for line in lines:
             console.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -144,12 +153,16 @@ def plan(config: ConfigArg, store: StoreOpt = None,
         job = n["job"]
         res = f"{job['kind']} x{job['gpus']}gpu {job['time_limit']}" if job["kind"] != "cpu" else "cpu"
         gh = "-" if n["est_gpu_hours"] is None else f"{n['est_gpu_hours']:.1f}"
-        table.add_row(n["id"], f"[{style[n['status']]}]{n['status']}[/]", res, gh, n["reason"])
+        table.add_row(n["id"], f"[{style[n['status']]}]{n['status']}[/]", res, gh, escape(n["reason"]))
     console.print(table)
     t = doc["totals"]
     console.print(f"training {t['train_gpu_hours']:.1f} GPU-h, upstream {t['upstream_gpu_hours']:.1f} GPU-h "
                   f"(estimates; cost model seeded with the paper's Table 11 and upstream times); "
                   f"status: {t['status']}")
+    corrupt = [n["id"] for n in doc["nodes"] if n["reason"].startswith("corrupt artifact")]
+    if corrupt:
+        err_console.print(f"warning: {len(corrupt)} committed artifact(s) corrupt (see reason), e.g. "
+                          f"{', '.join(corrupt[:3])}; `run` recomputes them", highlight=False, markup=False)
 
 
 @app.command()
@@ -160,10 +173,65 @@ def explain(config: ConfigArg, node: Annotated[str, typer.Argument(help="node id
     try:
         lines = explain_node(p, ArtifactStore(store or p.config.store_root), node)
     except KeyError as err:
-        err_console.print(f"[red]error:[/red] {err.args[0]}", highlight=False)
+        _error(str(err.args[0]))
         raise typer.Exit(2) from None
     for line in lines:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("check-store")
+def check_store(
+    config: Annotated[Path | None, typer.Argument(help="study config whose store_root to check (or give --store)")]
+    = None,
+    store: StoreOpt = None,
+    quarantine: Annotated[bool, typer.Option("--quarantine", help="move each corrupt artifact to "
+                                             "<stage>/.corrupt/ so the next run recomputes it")] = False,
+) -> None:
+    """Verify every committed artifact of the store against its manifest: sizes and sha256 of all files.
+
+    Prints one line per corrupt artifact and a summary; exits 1 if any is corrupt. The whole store is
+    checked (a store can be shared by studies); CONFIG only says where it is."""
+    if store is None:
+        if config is None:
+            _error("give CONFIG (its store_root is checked) or --store ROOT")
+            raise typer.Exit(2)
+        store = Path(_load(config).store_root)
+    st = ArtifactStore(store)
+    if not st.root.is_dir():
+        _error(f"no artifact store at {st.root}")
+        raise typer.Exit(2)
+    counts = {"done": 0, "corrupt": 0, "unverified": 0}
+    for stage, dirname, path in st.committed():
+        found = check_dir(path, hashes=True)
+        counts[found.state] += 1
+        if found.state != "corrupt":
+            continue
+        line = f"CORRUPT {stage}/{dirname}: {'; '.join(found.problems)}"
+        if quarantine:
+            line += f" -> {_quarantine(st, stage, path)}"
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    total = sum(counts.values())
+    console.print(f"checked {total} artifact(s) under {st.root}: {counts['done']} ok, {counts['corrupt']} corrupt, "
+                  f"{counts['unverified']} unverified (manifests written before file hashes were recorded)",
+                  highlight=False, markup=False, soft_wrap=True)
+    if counts["corrupt"]:
+        hint = "`run` recomputes what was moved aside" if quarantine else \
+            "`check-store --quarantine` moves them aside, then `run` recomputes them"
+        console.print(hint, highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def _quarantine(st: ArtifactStore, stage: str, path: Path) -> str:
+    """Move one corrupt artifact aside under its node's lease (a run may be replacing it right now)."""
+    name, _, key = path.name.rpartition("-")  # `<name>-<key>`: a key has no '-', a name may
+    try:
+        with st.lease(stage, name, key, timeout_s=5):
+            found = st.check(stage, name, key, hashes=True)  # re-check: a run may have replaced it
+            if found.state != "corrupt":
+                return f"not moved: now {found.state}"
+            return f"moved to {st.rel(st.quarantine(stage, name, key, found.problems))}"
+    except LeaseTimeout:
+        return "not moved: a run holds its lease"
 
 
 @app.command()
@@ -182,8 +250,8 @@ def report(config: ConfigArg, store: StoreOpt = None,
     missing = [d for d in p.nodes[rid].deps
                if not st.is_done(p.nodes[d].stage, p.nodes[d].name, p.keys[d])]
     if missing:
-        err_console.print(f"[red]error:[/red] {len(missing)} upstream step(s) not in the store {st.root}, e.g. "
-                          f"{', '.join(missing[:3])}; run `compress-distill run {config}` first", highlight=False)
+        _error(f"{len(missing)} upstream step(s) not in the store {st.root} (or corrupt), e.g. "
+               f"{', '.join(missing[:3])}; run `compress-distill run {config}` first")
         raise typer.Exit(2)
     outcome = run_node(RunContext(plan=p, store=st, config_path=snapshot_config(p, st)), rid)
     path = st.root / outcome.path
@@ -235,7 +303,7 @@ def build_models_cmd(
                     shutil.rmtree(old, ignore_errors=True)
                     paths[name] = final
     except ValueError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
     for name, path in paths.items():
         console.print(f"{name}: {path}", highlight=False)
@@ -262,7 +330,7 @@ def verify(
         try:
             stream = path.open("rb")  # bytes: a bad UTF-8 line is reported by number, not fatal
         except OSError as err:
-            err_console.print(f"[red]error:[/red] {path}: {err.strerror}", highlight=False)
+            _error(f"{path}: {err.strerror}")
             raise typer.Exit(2) from None
         with stream:
             counts = verify_jsonl(stream, sys.stdout, workers=workers, expect_think=expect_think)
@@ -289,7 +357,7 @@ def render(config: ConfigArg, outdir: Annotated[Path, typer.Argument(help="direc
     try:
         files = render_study(_load(config), outdir, overrides=overrides or None)
     except (ValueError, KeyError) as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
     console.print(f"wrote {len(files)} files under {outdir}")
 
@@ -330,7 +398,7 @@ def stage_weights(config: ConfigArg,
     try:
         rows = stage(cfg, dry_run=dry_run)
     except ValueError as err:
-        err_console.print(f"[red]error:[/red] {err}", highlight=False)
+        _error(str(err))
         raise typer.Exit(2) from None
     for ref, what in rows:
         console.print(f"{ref}: {what}", highlight=False)

@@ -513,7 +513,8 @@ def _format_validation_error(path: Path, err: ValidationError) -> str:
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not allowed; check the spelling)"
         elif e["type"] == "literal_error":
-            msg = f"{msg}; got {e.get('input')!r}"
+            got = repr(e.get("input"))
+            msg = f"{msg}; got {got if len(got) <= 80 else got[:77] + '...'}"
         lines.append(f"  - {loc}: {msg}")
     return "\n".join(lines)
 
@@ -528,17 +529,89 @@ def parse_config(data: Any, source: str | Path = "<inline>") -> StudyConfig:
         raise ConfigError(_format_validation_error(path, err)) from None
 
 
+# A study config is a few KB (paper.yaml: 12 KB). The limits turn hostile or mistaken input (a
+# binary file, /dev/zero, an alias bomb, thousands of nested brackets) into a one-line ConfigError
+# instead of a traceback, a hang or an out-of-memory kill.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_DEPTH = 64         # mappings/lists inside one another (the shipped configs: about 6)
+MAX_CONFIG_VALUES = 100_000   # values after expanding YAML aliases (paper.yaml: about 700)
+
+
 def load_config(path: str | Path) -> StudyConfig:
+    """Read, decode, parse and validate a config file; any bytes give a ConfigError naming the file."""
     path = Path(path)
+    return parse_config(_parse_yaml(path, _decode(path, _read_bounded(path))), path)
+
+
+def _read_bounded(path: Path) -> bytes:
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)  # never more: `/dev/zero` or a FIFO must not fill memory
     except OSError as err:
         raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; a study config is a small "
+                          f"YAML file (is this the right file?)")
+    return data
+
+
+def _decode(path: Path, data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: UTF-16 text (byte order mark at offset 0); save the config as UTF-8")
+    nul = data.find(b"\0")
+    if nul >= 0:  # checked before decoding: NUL is valid UTF-8 but says "binary file"
+        raise ConfigError(f"{path}: contains a NUL byte at offset {nul}; not a text file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = data[err.start:err.end].hex(" ")
+        raise ConfigError(f"{path}: not UTF-8 text: byte(s) {bad} at offset {err.start} ({err.reason})") from None
+
+
+def _parse_yaml(path: Path, text: str) -> Any:
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    return parse_config(data, path)
+        raise ConfigError(f"{path}: malformed YAML{where}: {_one_line(err.problem or err.context or err)}") from None
+    except yaml.reader.ReaderError as err:  # a character YAML forbids (control characters)
+        char = err.character if isinstance(err.character, int) else ord(err.character)
+        raise ConfigError(f"{path}: malformed YAML: character U+{char:04X} at character offset "
+                          f"{err.position} is not allowed in YAML") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: malformed YAML: {_one_line(err)}") from None
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        # a scalar YAML resolves but cannot build: `2024-13-45` (a date), an int over 4300 digits
+        raise ConfigError(f"{path}: malformed YAML: bad value: {_one_line(err)}") from None
+    if data is None:  # parse_config would say "got NoneType"
+        raise ConfigError(f"{path}: empty config (no YAML document in it)")
+    _check_shape(path, data)
+    return data
+
+
+def _one_line(what: object) -> str:
+    return " ".join(str(what).split())
+
+
+def _check_shape(path: Path, data: Any) -> None:
+    """Bound the parsed document before pydantic walks it. PyYAML's safe_load shares an aliased node
+    instead of copying it, so a "billion laughs" document parses fast and small, but anything that
+    walks it (validation, error messages, JSON) expands it; `&a [*a]` is even a cycle."""
+    seen = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{path}: more than {MAX_CONFIG_VALUES} values once YAML aliases are expanded "
+                              f"(an alias bomb, or an alias that contains itself?)")
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels "
+                              f"(or an alias that contains itself)")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for kv in value.items() for v in kv)
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)

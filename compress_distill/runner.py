@@ -79,13 +79,29 @@ def snapshot_config(plan: Plan, store: ArtifactStore) -> Path:
     return path
 
 
+def check_inputs(plan: Plan, store: ArtifactStore, node_id: str) -> None:
+    """Refuse to read an upstream artifact that is not committed, or whose files are not the size
+    its manifest recorded (truncated, deleted): a stage would fail deep inside a reader otherwise,
+    or worse, read a short table without failing. Runs in the job process too (node_main)."""
+    missing, corrupt = [], []
+    for dep in plan.nodes[node_id].deps:
+        up = plan.nodes[dep]
+        found = store.check(up.stage, up.name, plan.keys[dep])
+        if found.state == "absent":
+            missing.append(dep)
+        elif found.state == "corrupt":
+            corrupt.append(f"{dep} ({'; '.join(found.problems)})")
+    if missing:
+        raise RuntimeError(f"{node_id}: upstream not committed: {', '.join(missing)}")
+    if corrupt:
+        raise RuntimeError(f"{node_id}: upstream artifact corrupt, run again to recompute it: {', '.join(corrupt)}")
+
+
 def execute_stage(plan: Plan, store: ArtifactStore, node_id: str, out: Path) -> StageResult:
     """Run the stage function of `node_id` into `out` and record its result there."""
     node = plan.nodes[node_id]
     inputs = {dep: store.path(plan.nodes[dep].stage, plan.nodes[dep].name, plan.keys[dep]) for dep in node.deps}
-    missing = [d for d, p in inputs.items() if not (p / "manifest.json").is_file()]
-    if missing:
-        raise RuntimeError(f"{node_id}: upstream not committed: {', '.join(missing)}")
+    check_inputs(plan, store, node_id)
     work = store.work_dir(node.stage, node.name, plan.keys[node_id])
     work.mkdir(parents=True, exist_ok=True)
     result = stage_function(node.stage)(StageContext(plan.config, node, inputs, out, work))
@@ -100,8 +116,11 @@ def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
     key = plan.keys[node_id]
     final = store.path(node.stage, node.name, key)
     forced = node_id in ctx.force
-    if not forced and store.is_done(node.stage, node.name, key):
+    found = store.check(node.stage, node.name, key)
+    if not forced and found.done:
         return NodeOutcome(node_id, key, store.rel(final), cached=True)
+    if found.state == "corrupt":  # commit() moves it to .corrupt/ once the recomputed one is ready
+        log.warning("%s: committed artifact is corrupt (%s); recomputing it", node_id, "; ".join(found.problems))
     if ctx.dry_run:
         return NodeOutcome(node_id, key, store.rel(final), cached=False, would_run=True)
     with store.lease(node.stage, node.name, key, ttl_s=lease_ttl()):

@@ -6,11 +6,24 @@ from .plan import Plan
 from .store import ArtifactStore, NodeStatus, diff_identity
 
 
+def corrupt_reason(node_id: str, problems: tuple[str, ...]) -> str:
+    """One line: which files of a committed artifact are damaged, and what happens to it."""
+    head = "; ".join(problems[:2]) + (f"; +{len(problems) - 2} more" if len(problems) > 2 else "")
+    return f"corrupt artifact ({head}): {node_id} will be recomputed, the damaged copy moved to .corrupt/"
+
+
 def node_status(plan: Plan, store: ArtifactStore, node_id: str) -> NodeStatus:
     node = plan.nodes[node_id]
     key = plan.keys[node_id]
-    if store.is_done(node.stage, node.name, key):
+    found = store.check(node.stage, node.name, key)
+    if found.state == "done":
         return NodeStatus("done", f"cached at {node.stage}/{node.name}-{key}")
+    if found.state == "unverified":
+        return NodeStatus("done", f"cached at {node.stage}/{node.name}-{key} (unverified: its manifest "
+                                  f"predates file sizes and hashes)")
+    if found.state == "corrupt":
+        # "run", not a new state: it will run, and `plan --json` keeps its three documented states
+        return NodeStatus("run", corrupt_reason(node_id, found.problems))
     previous = store.previous_manifests(node.stage, node.name)
     if not previous:
         return NodeStatus("run", "never run")
@@ -34,6 +47,10 @@ def explain(plan: Plan, store: ArtifactStore, node_id: str) -> list[str]:
     st = node_status(plan, store, node_id)
     if st.state == "done":
         return [f"{node_id}: cached (key {key}); nothing will run"]
+    found = store.check(node.stage, node.name, key)
+    if found.state == "corrupt":  # same key: there is no identity diff to show, only the damage
+        return [f"{node_id}: will run (key {key}): the committed artifact is corrupt:",
+                *(f"  - {p}" for p in found.problems)]
     previous = store.previous_manifests(node.stage, node.name)
     if not previous:
         return [f"{node_id}: will run (key {key}): no artifact of this node was ever committed"]

@@ -7,6 +7,13 @@ place. A directory under its final name is therefore always complete, and
 the manifest inside it is the done marker. A crash leaves only `.tmp/`
 debris, which is never read and is swept when the step runs again.
 
+Integrity: `commit` records every file of the artifact (recursively, the manifest
+excepted) with its size and sha256 in the manifest's `files`. `is_done` trusts an
+artifact only while every listed file exists with its recorded size (stat() calls,
+cheap); `check(..., hashes=True)` re-hashes them (`compress-distill check-store`). A corrupt artifact is never deleted: whoever replaces it moves it to
+`<root>/<stage>/.corrupt/` first (see `quarantine`). Manifests written before sizes
+were recorded have no `files`: they stay done, as "unverified" (no way to tell).
+
 Two runs never execute the same step at once: `lease()` takes an exclusive
 lease file (created whole, by hard link) that its holder renews; a lease whose
 holder stopped renewing expires and can be broken, and breaking it never
@@ -16,7 +23,9 @@ removes a fresher lease.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -34,6 +43,9 @@ import pyarrow.parquet as pq
 
 MANIFEST = "manifest.json"
 LEASE_TTL_S = 60.0
+QUARANTINE_DIR = ".corrupt"  # <root>/<stage>/.corrupt/: corrupt artifacts moved aside, never read
+
+log = logging.getLogger(__name__)
 
 
 class LeaseTimeout(TimeoutError):
@@ -44,6 +56,24 @@ class LeaseTimeout(TimeoutError):
 class NodeStatus:
     state: str  # "done" | "stale" | "run"
     reason: str
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """What the store holds under one (stage, name, key).
+
+    `state`: "absent" (no manifest under the final name: not committed), "done" (every recorded
+    file is there with its size, and its hash when checked), "unverified" (committed before
+    manifests recorded files: trusted, nothing to check against) or "corrupt" (`problems` says
+    which file and how). Only "done" and "unverified" count as done.
+    """
+
+    state: str
+    problems: tuple[str, ...] = ()
+
+    @property
+    def done(self) -> bool:
+        return self.state in ("done", "unverified")
 
 
 def write_parquet(table: pa.Table | list[dict[str, Any]], path: Path, schema: pa.Schema | None = None) -> int:
@@ -67,6 +97,89 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def file_record(path: Path) -> dict[str, Any]:
+    """Size and sha256 of one file, read in chunks (model weights can be tens of GB)."""
+    with path.open("rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": size, "sha256": digest}
+
+
+def list_files(root: Path) -> list[str]:
+    """Every regular file under `root`, recursively, as sorted POSIX paths relative to it.
+
+    Symlinked directories are not followed (a stage copies what it publishes); a symlinked
+    file is recorded by its target's content.
+    """
+    out = []
+    for dirpath, _dirs, files in os.walk(root):
+        for fname in files:
+            p = Path(dirpath, fname)
+            if p.is_file():
+                out.append(p.relative_to(root).as_posix())
+    return sorted(out)
+
+
+def record_files(root: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's `files`: every file of an artifact dir but the manifest itself."""
+    return {rel: file_record(root / rel) for rel in list_files(root) if rel != MANIFEST}
+
+
+def _safe_rel(rel: str) -> bool:
+    """A manifest's file path must stay inside its artifact (a hand-edited manifest could say `../x`)."""
+    p = Path(rel)
+    return bool(rel) and not p.is_absolute() and ".." not in p.parts
+
+
+def file_problems(root: Path, files: Mapping[str, Any], hashes: bool = False) -> list[str]:
+    """Differences between an artifact dir and its manifest's `files`: missing files, wrong
+    sizes and (with `hashes`) wrong content. Extra files are not problems: nothing reads them."""
+    problems = []
+    for rel, rec in sorted(files.items()):
+        if not _safe_rel(rel) or not isinstance(rec, Mapping) or not isinstance(rec.get("size"), int):
+            problems.append(f"{rel}: malformed entry in {MANIFEST}")
+            continue
+        expected = rec["size"]
+        try:
+            size = (root / rel).stat().st_size
+        except FileNotFoundError:
+            problems.append(f"{rel}: missing (expected {expected} bytes)")
+            continue
+        except OSError as err:
+            problems.append(f"{rel}: unreadable ({err.strerror})")
+            continue
+        if size != expected:
+            problems.append(f"{rel}: {size} bytes, expected {expected}")
+        elif hashes:
+            try:
+                actual = file_record(root / rel)["sha256"]
+            except OSError as err:
+                problems.append(f"{rel}: unreadable ({err.strerror})")
+                continue
+            if actual != rec.get("sha256"):
+                problems.append(f"{rel}: sha256 {actual[:12]}…, expected {str(rec.get('sha256'))[:12]}… "
+                                f"(same size, {size} bytes)")
+    return problems
+
+
+def check_dir(path: Path, hashes: bool = False) -> ArtifactCheck:
+    """The integrity of the artifact committed at `path` (see ArtifactCheck)."""
+    f = path / MANIFEST
+    if not f.is_file():
+        return ArtifactCheck("absent")
+    manifest = _read_json(f)
+    if not isinstance(manifest, dict):
+        # manifests are written whole (atomic rename), so an unreadable one was damaged later
+        return ArtifactCheck("corrupt", (f"{MANIFEST}: unreadable or not JSON",))
+    files = manifest.get("files")
+    if files is None:
+        return ArtifactCheck("unverified")
+    if not isinstance(files, Mapping):
+        return ArtifactCheck("corrupt", (f"{MANIFEST}: `files` is not a mapping",))
+    problems = file_problems(path, files, hashes=hashes)
+    return ArtifactCheck("corrupt", tuple(problems)) if problems else ArtifactCheck("done")
+
+
 def git_revision() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -88,11 +201,16 @@ class ArtifactStore:
         return str(path.relative_to(self.root))
 
     def is_done(self, stage: str, name: str, key: str) -> bool:
-        return (self.path(stage, name, key) / MANIFEST).is_file()
+        """Committed and intact as far as sizes tell: a corrupt artifact is never done."""
+        return self.check(stage, name, key).done
+
+    def check(self, stage: str, name: str, key: str, hashes: bool = False) -> ArtifactCheck:
+        """The artifact's integrity: sizes only (a stat() per file), or sizes and sha256."""
+        return check_dir(self.path(stage, name, key), hashes=hashes)
 
     def manifest(self, stage: str, name: str, key: str) -> dict[str, Any] | None:
-        f = self.path(stage, name, key) / MANIFEST
-        return json.loads(f.read_text()) if f.is_file() else None
+        m = _read_json(self.path(stage, name, key) / MANIFEST)
+        return m if isinstance(m, dict) else None
 
     def previous_manifests(self, stage: str, name: str) -> list[dict[str, Any]]:
         """Committed manifests for this node name under any key, newest first."""
@@ -104,8 +222,8 @@ class ArtifactStore:
             f = d / MANIFEST
             # the name itself may contain '-': require the suffix to be exactly one key
             if f.is_file() and d.name[len(name) + 1:].isalnum():
-                m = json.loads(f.read_text())
-                if m.get("name") == name:
+                m = _read_json(f)  # a damaged manifest is that artifact's problem, not the plan's
+                if isinstance(m, dict) and m.get("name") == name:
                     out.append(m)
         return sorted(out, key=lambda m: m.get("finished_at", 0), reverse=True)
 
@@ -136,10 +254,19 @@ class ArtifactStore:
 
     def commit(self, tmp: Path, stage: str, name: str, key: str, manifest: Mapping[str, Any],
                replace: bool = False) -> Path:
-        """Write the manifest last, then rename `tmp` into place. `replace` is for forced re-runs."""
+        """Record the files, write the manifest last, then rename `tmp` into place.
+
+        `replace` is for forced re-runs. Call it holding the node's lease. The files are hashed
+        here, once, as they are committed: nothing writes into an artifact after this.
+        """
         final = self.path(stage, name, key)
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
-        if final.exists() and (replace or not (final / MANIFEST).is_file()):
+        body = {**manifest, "files": record_files(tmp)}
+        atomic_write_text(tmp / MANIFEST, json.dumps(body, indent=2, sort_keys=True, default=str))
+        found = self.check(stage, name, key) if final.exists() else None
+        if found is not None and found.state == "corrupt":
+            # what we recomputed replaces it, forced or not; the damaged copy is kept for a post-mortem
+            self.quarantine(stage, name, key, found.problems)
+        elif found is not None and (replace or found.state == "absent"):
             # A forced re-run, or an incomplete dir under the final name (never ours to trust):
             # move it aside first so the final name is only ever bound to a complete artifact.
             trash = self.root / stage / ".tmp" / f"{name}-{key}.replaced-{uuid.uuid4().hex[:8]}"
@@ -152,6 +279,38 @@ class ArtifactStore:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # another run committed the same key: theirs stands
         return final
+
+    def quarantine(self, stage: str, name: str, key: str, problems: tuple[str, ...] | list[str]) -> Path:
+        """Move a corrupt artifact out of the store's namespace, to
+        `<root>/<stage>/.corrupt/<name>-<key>.<UTC time>-<random>/`, with that name plus
+        `.quarantine.json` beside it saying why. Nothing reads `.corrupt/`; deleting it is the user's call.
+
+        Call it holding the node's lease. Returns the new path.
+        """
+        qdir = self.root / stage / QUARANTINE_DIR
+        qdir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest = qdir / f"{name}-{key}.{stamp}-{uuid.uuid4().hex[:6]}"
+        os.rename(self.path(stage, name, key), dest)
+        with contextlib.suppress(OSError):  # the move is what matters; the note is a courtesy
+            atomic_write_text(dest.with_name(dest.name + ".quarantine.json"), json.dumps(
+                {"artifact": f"{stage}/{name}-{key}", "problems": list(problems), "moved_at": time.time()},
+                indent=2))
+        log.warning("%s/%s-%s was corrupt (%s); moved to %s", stage, name, key, "; ".join(problems), dest)
+        return dest
+
+    def committed(self) -> Iterator[tuple[str, str, Path]]:
+        """(stage, dir name, path) of every committed artifact dir, in sorted order.
+
+        Dot-dirs (`.tmp`, `.work`, `.locks`, `.jobs`, `.corrupt`, the root's `.runs`/`.configs`)
+        are bookkeeping, not artifacts.
+        """
+        if not self.root.is_dir():
+            return
+        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for d in sorted(p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if (d / MANIFEST).is_file():
+                    yield stage_dir.name, d.name, d
 
     # -- leases ----------------------------------------------------------------
     @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """The `grid` flow: the whole study as one DAG of node tasks.
 
 The store decides what is done: a node already committed under its key is
-settled in the flow with one stat() and gets no task run, so a no-op
+settled in the flow with a manifest read and a stat() per file, and gets no task run, so a no-op
 nightly run costs seconds. Each node to run is submitted with `wait_for`
 on its upstream futures, so it starts as soon as its own inputs exist (no
 stage barriers; stages are task tags `stage:<stage>`, cells `cell:<cell>`,
@@ -220,7 +220,7 @@ def grid(params: GridParams | None = None) -> dict[str, Any]:
 def _run_nodes(run: _Run, logger: Any) -> dict[str, Any]:
     plan, store, ctx = run.plan, run.store, run.ctx
     # The store decides what is done. A done node needs no task run at all: the no-op nightly
-    # run of the paper grid is 129 stat() calls, not 129 Prefect tasks. A dry run runs no task.
+    # run of the paper grid is 129 manifest checks, not 129 Prefect tasks. A dry run runs no task.
     done = {n for n in run.node_ids if n not in ctx.force
             and store.is_done(plan.nodes[n].stage, plan.nodes[n].name, plan.keys[n])}
     todo = [n for n in run.node_ids if n not in done]

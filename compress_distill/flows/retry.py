@@ -5,7 +5,7 @@ grid run that ended Failed, Crashed or Cancelled). Its parameters are read from 
 Prefect API; a retry of a retry follows the chain to the run with real parameters.
 
 Re-running the same parameters re-executes exactly the failed cells and the nodes they
-blocked: everything else is committed in the store and costs one stat(). The one thing
+blocked: everything else is committed in the store and costs a manifest check. The one thing
 that must not be repeated is `force`: a forced node that was re-committed after the
 original run started is not forced again (`still_forced`), so a retry of a forced run
 submits no job for the cells that succeeded.

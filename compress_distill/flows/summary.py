@@ -102,7 +102,8 @@ def eval_metrics(store: ArtifactStore, plan: Plan, node_id: str) -> dict[str, fl
     if isinstance(metrics.get("accuracy"), int | float):
         out["accuracy"] = float(metrics["accuracy"])
     records = store.path(node.stage, node.name, plan.keys[node_id]) / "records.parquet"
-    if records.is_file():
+    # a truncated table would raise ArrowInvalid here; a corrupt artifact is recomputed by the next run
+    if records.is_file() and store.is_done(node.stage, node.name, plan.keys[node_id]):
         cols = set(pq.read_schema(records).names)
         table = pq.read_table(records, columns=[c for c in ("correct", "completion_tokens") if c in cols])
         if table.num_rows and "correct" in cols and "accuracy" not in out:

@@ -1,9 +1,9 @@
 """The one Prefect task: run a plan node through the core runner.
 
 The artifact store, not Prefect's result cache, decides what is done: the
-task has no cache policy, and a cache hit is a store lookup that costs one
-stat() call. A node that will really submit a GPU job first takes its GPUs
-from the pool's global concurrency limit (flows/limits.py), so cached and
+task has no cache policy, and a cache hit is a store lookup that costs a
+manifest read and a stat() per file. A node that will really submit a GPU job
+first takes its GPUs from the pool's global concurrency limit (flows/limits.py), so cached and
 CPU nodes never wait for GPUs.
 """
 
