@@ -436,6 +436,34 @@ def _prefect_defaults() -> None:
     logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
 
 
+class _NoTracebacks(logging.Filter):
+    """Console side of a run: Prefect's failed-task and failed-flow records (each with a traceback)
+    stay off it, and no record prints a traceback; the run's summary names the file that has them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return False
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _tracebacks_to_file(store_root: Path) -> Path:
+    """Every log record of this run, tracebacks included, goes to a file under the store's .runs/."""
+    path = (store_root / ".runs" / f"cli-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log").absolute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path, encoding="utf-8", delay=True)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    quiet = _NoTracebacks()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "compress_distill"):
+        lg = logging.getLogger(name)
+        for handler in lg.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(quiet)
+    for name in ("prefect", "compress_distill"):
+        logging.getLogger(name).addHandler(to_file)
+    return path
+
+
 @app.command()
 def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
         force: Annotated[list[str] | None, typer.Option("--force", help="node-id glob to re-run, repeatable")] = None,
@@ -446,11 +474,13 @@ def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
                                              "(default: when stderr is a terminal)")] = None,
         ) -> None:
     """Run the study's DAG through Prefect (ephemeral server unless PREFECT_API_URL is set)."""
-    _load(config)  # fail fast with a clean message, before Prefect starts
+    cfg = _load(config)  # fail fast with a clean message, before Prefect starts
     claim()  # before Prefect starts its temporary server: it dies with this process, even on SIGKILL
     _prefect_defaults()
     from .flows.grid import GridFailed, GridParams, grid
     from .flows.progress import live_progress
+
+    run_log = _tracebacks_to_file(Path(store or cfg.store_root))
 
     params = GridParams(config_path=str(config), select=_parse_select(select), force=force or [],
                         dry_run=dry_run, store_root=str(store) if store else None)
@@ -459,7 +489,8 @@ def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
         with live_progress(err_console, enabled=err_console.is_terminal if progress is None else progress):
             summary = grid(params)
     except GridFailed as err:
-        err_console.print(f"[red]grid failed[/red] after {time.time() - t0:.0f}s: {err}", highlight=False)
+        err_console.print(f"[red]grid failed[/red] after {time.time() - t0:.0f}s: {escape(str(err))}\n"
+                          f"tracebacks: {run_log}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if as_json:
         sys.stdout.write(json.dumps({**summary, "seconds": round(time.time() - t0, 2)}, indent=2) + "\n")

@@ -28,3 +28,15 @@ def need_dev_cluster() -> None:
         ensure_dev_cluster()
     except DevClusterUnavailable as err:
         pytest.skip(f"dev Slurm cluster unavailable: {err}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop the Prefect temporary API servers that in-process flow runs started, while the output
+    streams are open: left to Prefect's atexit hook, they log to closed streams, and a "Logging
+    error" traceback follows the suite's summary line."""
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:
+        return
+    for server in list(getattr(SubprocessASGIServer, "_instances", {}).values()):
+        server.stop()
