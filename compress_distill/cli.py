@@ -481,6 +481,10 @@ def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
     from .flows.progress import live_progress
 
     run_log = _tracebacks_to_file(Path(store or cfg.store_root))
+    if os.environ.get("PREFECT_API_URL"):  # a real server, which can go away mid-run
+        from .flows.api_watch import watch_api
+
+        watch_api(os.environ["PREFECT_API_URL"])
 
     params = GridParams(config_path=str(config), select=_parse_select(select), force=force or [],
                         dry_run=dry_run, store_root=str(store) if store else None)

@@ -1,9 +1,10 @@
 """Deterministic fault points: the orchestrator SIGKILLs itself at a named point of a node's life.
 
     COMPRESS_DISTILL_KILL_AT=POINT[@NODE_GLOB]
+    COMPRESS_DISTILL_KILL_PGID=PGID   (optional: SIGKILL that process group instead, and go on)
 
 The fault suite (tests/faults/) uses it instead of sleeps, to kill a run exactly where a real
-crash hurts most. Points:
+crash hurts most (or, with KILL_PGID, something the run depends on: its Prefect server). Points:
 
 | point         | reached                                                        |
 | ------------- | -------------------------------------------------------------- |
@@ -21,6 +22,7 @@ import signal
 import sys
 
 KILL_AT_ENV = "COMPRESS_DISTILL_KILL_AT"
+KILL_PGID_ENV = "COMPRESS_DISTILL_KILL_PGID"
 POINTS = ("after-submit", "job-ended", "after-commit", "slot-release")
 
 
@@ -31,7 +33,18 @@ def reached(point: str, node_id: str) -> None:
     if not spec:
         return
     want, _, glob = spec.partition("@")
-    if want == point and fnmatch.fnmatchcase(node_id, glob or "*"):
-        print(f"[fault] {KILL_AT_ENV}={spec}: killing pid {os.getpid()} at {point} of {node_id}",
+    if want != point or not fnmatch.fnmatchcase(node_id, glob or "*"):
+        return
+    pgid = os.environ.get(KILL_PGID_ENV, "")
+    if pgid.isdigit():
+        print(f"[fault] {KILL_AT_ENV}={spec}: killing process group {pgid} at {point} of {node_id}",
               file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.environ.pop(KILL_AT_ENV)  # once
+        try:
+            os.killpg(int(pgid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+    print(f"[fault] {KILL_AT_ENV}={spec}: killing pid {os.getpid()} at {point} of {node_id}",
+          file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)

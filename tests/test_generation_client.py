@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 import time
@@ -72,6 +73,14 @@ async def _many(cfg: ClientConfig, keys: list[str]) -> list[Completion | Failure
 ])
 def test_normalize_message(message, finish, expected) -> None:  # noqa: ANN001
     assert normalize_message(message, finish) == expected
+
+
+def test_a_lone_surrogate_from_the_server_becomes_a_replacement_character() -> None:
+    """JSON can carry "\\ud800"; UTF-8 (Parquet, the shard files) cannot, so it would fail the batch."""
+    message = json.loads('{"content": "5 \\ud800", "reasoning": "x\\udc00y"}')
+    response, reasoning, content, _ = normalize_message(message, "stop")
+    assert content == "5 \ufffd" and reasoning == "x\ufffdy"
+    response.encode("utf-8")  # no UnicodeEncodeError
 
 
 # --- success path and what is recorded ---------------------------------------------------------------------

@@ -180,13 +180,22 @@ class Failure:
         return cls(key, str(err), "error", 0)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> str:
+    """A lone surrogate (JSON can carry `"\\ud800"`) cannot be written as UTF-8: Parquet and the
+    shard files would refuse the whole batch. It becomes U+FFFD, the replacement character."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def split_reasoning(message: Mapping[str, Any]) -> str | None:
     """The trace a reasoning parser split off: `reasoning` (vLLM >= 0.16) or `reasoning_content`
     (older vLLM, the project's CPU server); None when the server sent none."""
     split = message.get("reasoning_content")
     if split is None:
         split = message.get("reasoning")
-    return split if isinstance(split, str) and split else None
+    return _utf8(split) if isinstance(split, str) and split else None
 
 
 def normalize_message(message: Mapping[str, Any], finish_reason: str | None) -> tuple[str, str | None, str, bool | None]:
@@ -194,6 +203,7 @@ def normalize_message(message: Mapping[str, Any], finish_reason: str | None) -> 
     content = message.get("content") or ""
     if not isinstance(content, str):  # content parts
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    content = _utf8(content)
     split = split_reasoning(message)
     if split:
         # vLLM's parsers put an unterminated think block (cut by max_tokens) in reasoning with no content.

@@ -34,10 +34,10 @@ from compress_distill.stages.verify import run as verify_run
 from compress_distill.store import write_parquet
 from compress_distill.verify_cli import MAX_LINE_BYTES, verify_jsonl
 
-from .conftest import CONFIGS
-from .test_rejection import q as rejection_question
-from .test_rejection import run as run_rejection_rounds
-from .test_served_failures import IDS, _ctx, _run, _which
+from ..conftest import CONFIGS
+from ..test_rejection import q as rejection_question
+from ..test_rejection import run as run_rejection_rounds
+from ..test_served_failures import IDS, _ctx, _run, _which
 
 BOUND_S = 5.0  # generous: a correctness check that no input can take unbounded time, not a benchmark
 FRAC_5000 = "\\frac{" + "1" * 5000 + "}{2}"  # over Python's 4,300-digit int-str limit

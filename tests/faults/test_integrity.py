@@ -16,7 +16,7 @@ from compress_distill.runner import RunContext, check_inputs, run_node, snapshot
 from compress_distill.status import explain, node_status
 from compress_distill.store import MANIFEST, ArtifactStore, write_parquet
 
-from .conftest import CONFIGS
+from ..conftest import CONFIGS
 
 POOL = "prepare/train-pool"
 
