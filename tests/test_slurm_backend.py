@@ -20,6 +20,7 @@ from compress_distill.backends.base import JobError, JobRequest, JobState, JobSt
 from compress_distill.backends.common import array_task_log, read_state
 from compress_distill.backends.slurm import SlurmBackend
 from compress_distill.backends.slurm_cli import CommandResult, SlurmCommandError, run_command
+from compress_distill.backends.slurm_script import job_name
 from compress_distill.backends.watch import JobWatcher
 
 from .conftest import need_dev_cluster
@@ -49,7 +50,7 @@ class Counting:
 def job(d: Path, name: str, script: str, **kw) -> JobRequest:
     kw.setdefault("mem", "64M")
     return JobRequest(name=f"{TAG}-{name}", command=["bash", "-c", script], workdir=d,
-                      log_path=d / f"{name}.log", kind="cpu", **kw)
+                      log_path=d / f"{name.replace('/', '_')}.log", kind="cpu", **kw)
 
 
 def watcher(b: SlurmBackend, **kw) -> JobWatcher:
@@ -264,6 +265,19 @@ def test_sbatch_error_after_submitting_does_not_duplicate(tmp_path: Path) -> Non
         assert names == [jid]
     finally:
         b.cancel(real_ids)
+
+
+def test_find_live_takes_the_request_name_even_when_slurm_needs_another(tmp_path: Path) -> None:
+    """A restarted run looks its node's job up by request name (runner._adoptable); a long or unsafe
+    one is submitted under a hashed Slurm name, and find_live must map it the same way."""
+    b = SlurmBackend()
+    r = job(tmp_path, "train/cell with spaces" + ".x" * 80, "sleep 300")
+    assert job_name(r.name) != r.name
+    jid = b.submit(r)
+    try:
+        assert b.find_live(r.name) == jid and b.find_live(job_name(r.name)) == jid
+    finally:
+        b.cancel([jid])
 
 
 def test_timeout_says_raise_limit_or_resume(slow: SlowJobs) -> None:

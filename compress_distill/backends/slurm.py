@@ -127,7 +127,9 @@ class SlurmBackend:
         raise SlurmCommandError(argv, f"gave up submitting {name}: {last_err}")
 
     def find_live(self, name: str) -> str | None:
-        """Id of this user's pending/running job with that Slurm job name (arrays: the base id)."""
+        """Id of this user's pending/running job with that name (arrays: the base id). A request name
+        is mapped to its Slurm job name here (`job_name` maps a Slurm job name to itself)."""
+        name = job_name(name)
         res = self._run(["squeue", "--noheader", "--me", "--array", "--states=all", f"--name={name}",
                          f"--format={sp.SQUEUE_FORMAT}"])
         check(res)
