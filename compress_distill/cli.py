@@ -448,8 +448,9 @@ class _NoTracebacks(logging.Filter):
 
 
 def _tracebacks_to_file(store_root: Path) -> Path:
-    """Every log record of this run, tracebacks included, goes to a file under the store's .runs/."""
-    path = (store_root / ".runs" / f"cli-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log").absolute()
+    """Every log record of this run, tracebacks included, goes to a file under the store's .logs/ (not .runs/,
+    whose entries are run records)."""
+    path = (store_root / ".logs" / f"run-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log").absolute()
     path.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(path, encoding="utf-8", delay=True)
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

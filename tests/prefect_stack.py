@@ -133,7 +133,15 @@ class Stack:
         """One REST call. A 503 is SQLite's "database is locked" on a busy box (the transaction was
         rolled back), so it is retried with backoff, as Prefect's own client does."""
         for i in range(attempts):
-            r = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+            try:
+                r = httpx.request(method, f"{self.api}{path}", json=body, timeout=30)
+            except httpx.TimeoutException:
+                # a busy SQLite server can stall one answer past 30 s (seen once in CI, late in the
+                # suite); a read is safe to ask again, a write is not (it may have been done)
+                if method != "GET" or i == attempts - 1:
+                    raise
+                time.sleep(0.5 * 2**i)
+                continue
             if r.status_code not in (502, 503) or i == attempts - 1:
                 break
             time.sleep(0.5 * 2**i)
