@@ -34,21 +34,29 @@ GRACE_S = 5.0
 GUARD_POLL_S = 1.0
 
 
-def start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (clock ticks since boot), None when there is no such process."""
+def _stat(pid: int) -> tuple[str, str] | None:
+    """(state, start time) of `pid` from /proc/PID/stat, None when there is no such process."""
     try:
         stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
-    # field 22; the command name (field 2) may hold spaces or parentheses, so split after its ')'
-    return stat.rsplit(")", 1)[1].split()[19]
+    # fields 3 and 22; the command name (field 2) may hold spaces or parentheses: split after its ')'
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], fields[19]
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (clock ticks since boot), None when there is no such process."""
+    st = _stat(pid)
+    return st[1] if st else None
 
 
 def alive(token: str) -> bool:
     """The owner still runs: same pid, same start time, not a zombie (a SIGKILLed owner stays one
     until its parent reaps it, and that parent may be waiting for a pipe an owned process holds)."""
     pid, start, _ = token.split(":", 2)
-    return pid.isdigit() and start_time(int(pid)) == start and _running(int(pid))
+    st = _stat(int(pid)) if pid.isdigit() else None
+    return st is not None and st[1] == start and st[0] != "Z"
 
 
 def tagged() -> dict[int, str]:
@@ -92,11 +100,8 @@ def kill_owned(token: str, grace_s: float = GRACE_S) -> int:
 
 def _running(pid: int) -> bool:
     """Alive and not a zombie (a zombie has exited; its parent has not reaped it yet)."""
-    try:
-        state = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    st = _stat(pid)
+    return st is not None and st[0] != "Z"
 
 
 def sweep_orphans() -> list[str]:
