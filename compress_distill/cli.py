@@ -19,6 +19,7 @@ from .config import ConfigError, StudyConfig, load_config
 from .costmodel import CostModel, measured_hours
 from .owner import claim
 from .plan import Plan, build_plan
+from .scheduler import POLICIES
 from .status import explain as explain_node
 from .status import node_statuses
 from .store import ArtifactStore, LeaseTimeout, check_dir
@@ -473,8 +474,13 @@ def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
         progress: Annotated[bool | None, typer.Option(
             "--progress/--no-progress", help="live view on stderr: a bar per stage, the jobs in flight "
                                              "(default: when stderr is a terminal)")] = None,
+        policy: Annotated[str, typer.Option(
+            "--policy", help=f"the scheduler's admission policy: {', '.join(POLICIES)}")] = "critical-path",
         ) -> None:
     """Run the study's DAG through Prefect (ephemeral server unless PREFECT_API_URL is set)."""
+    if policy not in POLICIES:
+        err_console.print(f"error: unknown --policy {escape(policy)!r}; one of {', '.join(POLICIES)}", highlight=False)
+        raise typer.Exit(2)
     cfg = _load(config)  # fail fast with a clean message, before Prefect starts
     claim()  # before Prefect starts its temporary server: it dies with this process, even on SIGKILL
     _prefect_defaults()
@@ -488,7 +494,7 @@ def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
         watch_api(os.environ["PREFECT_API_URL"])
 
     params = GridParams(config_path=str(config), select=_parse_select(select), force=force or [],
-                        dry_run=dry_run, store_root=str(store) if store else None)
+                        dry_run=dry_run, store_root=str(store) if store else None, policy=policy)
     t0 = time.time()
     try:
         with live_progress(err_console, enabled=err_console.is_terminal if progress is None else progress):

@@ -11,7 +11,7 @@ crash hurts most (or, with KILL_PGID, something the run depends on: its Prefect 
 | after-submit  | a job was submitted and job.json written; the job runs on       |
 | job-ended     | the job ended COMPLETED with its outputs; nothing committed yet |
 | after-commit  | the node committed; its task has not reported back yet          |
-| slot-release  | the node committed; its GPU concurrency slot is being released   |
+| task-end      | the node committed; its Prefect task is about to return         |
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import sys
 
 KILL_AT_ENV = "COMPRESS_DISTILL_KILL_AT"
 KILL_PGID_ENV = "COMPRESS_DISTILL_KILL_PGID"
-POINTS = ("after-submit", "job-ended", "after-commit", "slot-release")
+POINTS = ("after-submit", "job-ended", "after-commit", "task-end")
 
 
 def reached(point: str, node_id: str) -> None:

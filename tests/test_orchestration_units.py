@@ -15,20 +15,14 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from compress_distill import events
 from compress_distill.backends.base import JobRequest, JobState, JobStatus
 from compress_distill.backends.watch import JobWatcher
 from compress_distill.config import load_config
-from compress_distill.flows import events, summary
+from compress_distill.flows import summary
 from compress_distill.flows.cancel import cancel_in_process, cancel_recorded_jobs
 from compress_distill.flows.deploy import ServeOptions, deployment_specs
-from compress_distill.flows.limits import (
-    LimitSpec,
-    gpu_limit_specs,
-    grid_lease,
-    grid_lock_name,
-    grid_lock_path,
-    pool_name,
-)
+from compress_distill.flows.lease import grid_lease, grid_lock_name, grid_lock_path
 from compress_distill.flows.progress import GridProgress
 from compress_distill.flows.retry import still_forced
 from compress_distill.flows.runlog import RecordingBackend, RunRecord, injections, node_of_job
@@ -68,11 +62,7 @@ def _req(tmp: Path, name: str) -> JobRequest:
 
 # ---------------------------------------------------------------------------- limits
 
-def test_gpu_pool_limits_follow_the_cluster_profile() -> None:
-    paper = load_config(CONFIGS / "paper.yaml").cluster
-    assert gpu_limit_specs(paper) == [LimitSpec("gpu-slurm-gpu-h100", 16), LimitSpec("gpu-slurm-gpu-h100-jobs", 8)]
-    assert pool_name(paper) == "gpu-slurm-gpu-h100"
-    assert gpu_limit_specs(load_config(CONFIGS / "mini.yaml").cluster) == []  # no GPUs: no pool
+def test_grid_lock_name_is_a_slug_of_the_config_name() -> None:
     assert grid_lock_name("Paper_v2") == "grid-paper-v2"
 
 

@@ -39,8 +39,10 @@ def slurm_mini(path: Path) -> Path:
     name) a key of its own, so sacct counts only this test's jobs."""
     data = yaml.safe_load((CONFIGS / "mini.yaml").read_text())
     data["seed"] = random.randrange(1, 2**31)
+    # time limits well above the USR1 requeue signal (600 s before the limit): at 10 min a job
+    # slower than slurmctld's signal check would be told to requeue at once, again and again
     data["cluster"] = {"backend": "slurm", "nodes": 2, "gpus_per_node": 8, "gpu_type": "h100",
-                       "jobs": {k: {"cpus_per_task": 1, "mem": "1G", "time_limit": "00:10:00"}
+                       "jobs": {k: {"cpus_per_task": 1, "mem": "1G", "time_limit": "00:30:00"}
                                 for k in ("train", "eval", "vllm", "cpu")},
                        "serve_with": "stage",  # the skeleton stages serve no model: no vLLM in the jobs
                        "device": "cpu"}  # the dev cluster's GPUs are fake: no GPU gate in the jobs

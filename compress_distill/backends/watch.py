@@ -8,8 +8,10 @@ when a job is added or changes state.
 What a final state means here (the README's table):
 - COMPLETED: done.
 - NODE_FAIL, PREEMPTED (transient: the machine failed, not the job): resubmitted up to
-  `max_retries` times when the watcher has the JobRequest, else raised as a transient
-  JobError. A job Slurm requeues by itself (REQUEUED, or back to PENDING after RUNNING)
+  `max_retries` (MAX_RESUBMITS) times when the watcher has the JobRequest, else raised as a
+  transient JobError. This is the project's one retry layer for jobs: nothing above it
+  (no Prefect task retry) submits a node again, so a node costs at most 1 + MAX_RESUBMITS
+  sbatch submissions per run (tests/faults/test_submissions.py counts them on Slurm). A job Slurm requeues by itself (REQUEUED, or back to PENDING after RUNNING)
   is not finished: it is counted in `requeues` and waited for.
 - FAILED, OUT_OF_MEMORY, TIMEOUT, CANCELLED: real failures, raised as JobError with the
   log tail. TIMEOUT says "raise the time limit or resume from checkpoint".
@@ -29,6 +31,8 @@ from pathlib import Path
 
 from .base import JobBackend, JobError, JobRequest, JobState, JobStatus, log_tail
 from .common import array_task_log
+
+MAX_RESUBMITS = 2  # of a job the machine lost (NODE_FAIL, PREEMPTED); see the module doc
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +97,7 @@ class Watched:
 
 class JobWatcher:
     def __init__(self, backend: JobBackend, *, initial_interval: float = 1.0, max_interval: float = 30.0,
-                 factor: float = 2.0, max_retries: int = 2, unknown_timeout_s: float = 600.0,
+                 factor: float = 2.0, max_retries: int = MAX_RESUBMITS, unknown_timeout_s: float = 600.0,
                  log_lines: int = 30, on_change: Callable[[Watched], None] | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.backend = backend

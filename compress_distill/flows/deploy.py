@@ -88,19 +88,6 @@ def build_deployments(opts: ServeOptions) -> list[RunnerDeployment]:
     return out
 
 
-def ensure_config_limits(opts: ServeOptions) -> None:
-    """Create the GPU-pool limits of every served config before the first run (one run per grid is
-    a store lease, flows/limits.py, and needs nothing registered)."""
-    from ..config import load_config
-    from .limits import LimitSpec, ensure_limits, gpu_limit_specs
-
-    specs: dict[str, LimitSpec] = {}
-    for path in {opts.paper, opts.mini, opts.nightly or opts.paper}:
-        for spec in gpu_limit_specs(load_config(path).cluster):
-            specs[spec.name] = spec
-    ensure_limits(list(specs.values()))
-
-
 def serve_command(opts: ServeOptions, list_only: bool = False) -> int:
     """Print the deployments (`list_only`) or register them and serve until interrupted."""
     try:
@@ -119,6 +106,5 @@ def serve_command(opts: ServeOptions, list_only: bool = False) -> int:
               "`prefect server start --host 127.0.0.1` and set PREFECT_API_URL=http://127.0.0.1:4200/api "
               "(see deployments/README.md)", file=sys.stderr)
         return 2
-    ensure_config_limits(opts)
     serve(*build_deployments(opts), limit=opts.limit)  # blocks; Ctrl-C pauses the schedules and exits
     return 0

@@ -10,7 +10,7 @@ flow with a summary naming it, while independent cells still run to
 completion. A dry run runs no task at all.
 
 Around that core:
-- one run per grid and store at a time (a store lease), GPU pool limits per job (limits.py);
+- one run per grid and store at a time (a store lease, lease.py); the scheduler admits nodes;
 - artifacts: the plan at start, per-stage progress while running, results at the end;
 - a run record in the store (`.runs/<run id>/`) with every job submitted;
 - `retry_of` re-runs another run's parameters (retry.py); cancellation cancels the
@@ -20,19 +20,21 @@ Around that core:
 from __future__ import annotations
 
 import contextlib
+import queue
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, tags
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as flow_run_ctx
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import events
 from ..backends.base import JobBackend
 from ..backends.watch import JobWatcher, Watched
 from ..config import StudyConfig, load_config, parse_config
@@ -40,13 +42,13 @@ from ..costmodel import CostModel, measured_hours
 from ..owner import claim
 from ..plan import Plan, build_plan
 from ..runner import NodeOutcome, RunContext, snapshot_config
-from ..scheduler import node_priorities, priority_order
+from ..scheduler import POLICIES, Policy, Pool, Scheduler, node_priorities, tasks_from_plan
 from ..selection import expand_force, nodes_for_selection
 from ..store import ArtifactStore
 from ..tasks.nodes import job_submitted, run_node_task
-from . import artifacts, events
+from . import artifacts
 from .cancel import cancel_in_process, on_cancellation_hook
-from .limits import ensure_limits, gpu_limit_specs, grid_lease, server_limits_enabled
+from .lease import grid_lease
 from .retry import RetryTarget, resolve_retry, retry_params, still_forced
 from .runlog import RecordingBackend, RunRecord, node_of_job
 
@@ -61,6 +63,7 @@ class GridParams(BaseModel):
     select: dict[str, str] = Field(default_factory=dict,
                                    description="cell filter: axis -> glob, axes teacher/student/method/data")
     dry_run: bool = False
+    policy: Policy = Field("critical-path", description=f"admission policy of the scheduler: {', '.join(POLICIES)}")
     force: list[str] = Field(default_factory=list, description="node-id globs to re-run even if cached")
     store_root: str | None = Field(None, description="artifact store root (default: config store_root)")
     retry_of: str | None = Field(
@@ -129,6 +132,8 @@ class _Run:
     record: RunRecord
     target: RetryTarget | None
     attempt: int
+    cost: CostModel
+    policy: Policy
     outcomes: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     results: dict[str, NodeOutcome] = field(default_factory=dict)
@@ -164,44 +169,74 @@ def _prepare(params: GridParams, run_id: str, attempt: int, logger: Any) -> _Run
     if backend is not None:
         backend = RecordingBackend(backend, record)
         watcher = JobWatcher(backend, initial_interval=0.5, on_change=_job_state_event)
+    cost = CostModel(measured_hours(plan, store))  # earlier runs' manifests refine the estimates
     ctx = RunContext(
         plan=plan, store=store, config_path=snapshot_config(plan, store), backend=backend, watcher=watcher,
         force=force, dry_run=params.dry_run,
         on_job=job_submitted,
-        # longest remaining path (cost model refined by earlier runs' manifests): submit order and job priority
-        priorities=node_priorities(plan, CostModel(measured_hours(plan, store))),
+        # the scheduler's priority (longest remaining path, minutes) also goes to the backend's queue
+        priorities=node_priorities(plan, cost),
     )
-    return _Run(cfg, plan, store, node_ids, ctx, record, target, attempt)
+    return _Run(cfg, plan, store, node_ids, ctx, record, target, attempt, cost, params.policy)
+
+
+def admission(run: _Run, todo: list[str]) -> Scheduler:
+    """The run's scheduler over the nodes to run: the same `Scheduler` that `plan --simulate`
+    and the replay drive (critical-path priority, fair share per job kind, per-node packing of
+    the profile's GPU pool, `max_concurrent_gpu_jobs`). Nodes outside `todo` are done (cached)
+    or not selected; the cost model is refined by earlier runs' manifests."""
+    chosen = set(todo)
+    pool = Pool.from_profile(run.cfg.cluster)
+    # A profile without GPUs (the local mini world) has no pool to fill: its "GPU" jobs take none,
+    # and the backend's own slots (local_workers) bound what runs at once.
+    gpuless = pool.total_gpus == 0
+    tasks = {nid: replace(t, deps=tuple(d for d in t.deps if d in chosen), gpus=0 if gpuless else t.gpus)
+             for nid, t in tasks_from_plan(run.plan, run.cost).items() if nid in chosen}
+    return Scheduler(tasks, pool, run.policy)
 
 
 def _execute(run: _Run, todo: list[str], progress: artifacts.StageProgress) -> None:
-    """Submit a task per node to run (after its upstream ones) and resolve every future."""
+    """Start each node's task when the scheduler admits it; settle it when its task ends.
+
+    The scheduler alone decides what starts next (never Prefect's `wait_for` or concurrency
+    limits): a node is admitted once its inputs are committed and its GPUs fit the pool. A
+    failed node's dependants are never admitted (blocked); independent cells run on.
+    """
     plan, ctx = run.plan, run.ctx
-    use_limits = not ctx.dry_run and server_limits_enabled()  # see limits.py: not in ephemeral mode
-    if use_limits:
-        ensure_limits(gpu_limit_specs(run.cfg.cluster))
+    sched = admission(run, todo)
     futures: dict[str, PrefectFuture[NodeOutcome]] = {}
-    for nid in priority_order(todo, plan, ctx.priorities):  # most urgent first, deps before dependants
-        node = plan.nodes[nid]
-        deps = [futures[d] for d in node.deps if d in futures]  # done upstream nodes need no wait
-        with tags(f"stage:{node.stage}", *([f"cell:{node.cell.name}"] if node.cell else [])):
-            # quote(): else Prefect walks the whole RunContext (plan, config) of every task for futures
-            futures[nid] = run_node_task.submit(quote(ctx), nid, use_limits,  # type: ignore[call-overload]
-                                                wait_for=deps)
-    node_of = {id(f): n for n, f in futures.items()}
+    ended: queue.SimpleQueue[str] = queue.SimpleQueue()
     try:
-        for fut in as_completed(list(futures.values())):
-            nid = node_of[id(fut)]
+        while True:
+            for p in sched.pick():
+                nid = p.task.id
+                node = plan.nodes[nid]
+                with tags(f"stage:{node.stage}", *([f"cell:{node.cell.name}"] if node.cell else [])):
+                    # quote(): else Prefect walks the whole RunContext (plan, config) of every task for futures
+                    fut = run_node_task.submit(quote(ctx), nid)  # type: ignore[call-overload]
+                futures[nid] = fut
+                fut.add_done_callback(lambda _f, nid=nid: ended.put(nid))
+            if not sched.running:
+                break
+            nid = ended.get()
+            fut = futures[nid]
             fut.wait()  # pins the final state the engine returned (the API's copy can lag)
             state = fut.state
             result = fut.result() if state.is_completed() else None
             outcome = _outcome(state, result)
             if outcome == "failed":
                 run.failed[nid] = str(state.message or state.name)
+            if outcome in ("ran", "cached"):
+                sched.finish(nid)
+            else:  # its dependants are never admitted
+                sched.fail(nid)
             run.settle(nid, outcome, result, progress)
     except BaseException:  # cancelled (SIGTERM from the runner) or interrupted: stop our jobs
         cancel_in_process(ctx.watcher, run.record)
         raise
+    for nid in todo:
+        if nid not in futures:  # never admitted: an upstream node failed
+            run.settle(nid, "blocked", None, progress)
 
 
 @flow(name="grid", task_runner=ThreadPoolTaskRunner(max_workers=64),  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import events
+from .. import events
 
 _OUTCOME_STYLE = {"cached": "green", "ran": "bold green", "would_run": "cyan", "failed": "bold red",
                   "blocked": "yellow"}

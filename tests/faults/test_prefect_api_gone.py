@@ -1,5 +1,5 @@
-"""Fault suite (issue 16, D4): the Prefect server dies while a node releases its GPU slots, right
-after the node committed. The committed node stays a success; the run ends with a message within
+"""Fault suite (issue 16, D4): the Prefect server dies right after a node committed, while its
+task is about to report back. The committed node stays a success; the run ends with a message within
 COMPRESS_DISTILL_API_GONE_S instead of hanging; a rerun against a new server resumes."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ TRAIN = "train/mini-teacher.tiny.full.raw"
 def _config(path: Path) -> Path:
     data = yaml.safe_load((CONFIGS / "mini-ci.yaml").read_text())
     data["seed"] = random.randrange(1, 2**31)
-    data["cluster"].update({"nodes": 1, "gpus_per_node": 2})  # a GPU pool: train and evaluate take slots
+    data["cluster"].update({"nodes": 1, "gpus_per_node": 2})  # a GPU pool: train and evaluate are GPU jobs
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -48,7 +48,7 @@ def test_a_dead_prefect_server_never_fails_committed_work_nor_hangs_the_run(tmp_
     try:
         first_stack.start_server()
         server_pgid = first_stack.procs[0].pid  # started in a session of its own
-        first, seconds = _run(first_stack, cfg, store, **{KILL_AT_ENV: f"slot-release@{TRAIN}",
+        first, seconds = _run(first_stack, cfg, store, **{KILL_AT_ENV: f"task-end@{TRAIN}",
                                                           KILL_PGID_ENV: str(server_pgid), GONE_ENV: "20"})
         assert first.returncode == EXIT_API_GONE, first.stderr[-3000:]
         assert "has not answered" in first.stderr and "rerun the same command" in first.stderr

@@ -1,4 +1,4 @@
-"""In-process events of a grid run, for live displays (the CLI's progress view). No Prefect here.
+"""In-process events of a grid run, for live displays (the CLI's progress view). Core: no Prefect.
 
 The flow and its tasks (threads of the same process) call `emit`; a display calls `subscribe`.
 With no subscriber (a served or worker run) emitting costs a list lookup.

@@ -1,0 +1,72 @@
+"""One retry layer (issue 17): a node costs at most 1 + JobWatcher.max_retries sbatch submissions
+per run, however often the machine fails under it.
+
+The dev cluster's node running the generate job is set DOWN (then resumed) every time the job
+runs, so every attempt ends NODE_FAIL, a transient failure. The watcher resubmits it twice and
+then gives up; nothing else (no Prefect task retry) submits it again. `sacct` counts the sbatch
+submissions by the node's deterministic job name.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from compress_distill.backends.watch import MAX_RESUBMITS
+
+from ..conftest import need_dev_cluster
+from ..test_retry_failed import sbatch_jobs, slurm_mini
+from .test_restart import GENERATE, SKELETON, _env, _names, _run
+
+pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+MAX_SUBMISSIONS = 1 + MAX_RESUBMITS
+
+
+@pytest.fixture
+def slurm() -> None:
+    need_dev_cluster()
+
+
+def _fail_nodes_under(job_name: str, stop: threading.Event, failed: list[str]) -> None:
+    """Set DOWN the node of every running job named `job_name` (its job ends NODE_FAIL), then resume it."""
+    seen: set[str] = set()
+    while not stop.is_set():
+        out = subprocess.run(["squeue", "-h", "-t", "R", "-n", job_name, "-o", "%i %N"], capture_output=True,
+                             text=True, timeout=30).stdout
+        for line in out.splitlines():
+            job_id, _, node = line.strip().partition(" ")
+            if job_id in seen or not node:
+                continue
+            seen.add(job_id)
+            subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=fault-test"],
+                           check=True, timeout=30)
+            failed.append(job_id)
+            time.sleep(1)
+            subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=True, timeout=30)
+        stop.wait(0.3)
+
+
+def test_a_node_the_machine_keeps_failing_is_submitted_at_most_three_times(slurm: None, tmp_path: Path) -> None:
+    cfg, store = slurm_mini(tmp_path / "cfg.yaml"), tmp_path / "store"
+    names = _names(cfg)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+    stop, failed = threading.Event(), list[str]()
+    killer = threading.Thread(target=_fail_nodes_under, args=(names[GENERATE], stop, failed), daemon=True)
+    killer.start()
+    try:
+        # the job lives long enough for the node to be set DOWN under it
+        res = _run(cfg, store, _env(**SKELETON, COMPRESS_DISTILL_SKELETON_DELAY_S="20"))
+    finally:
+        stop.set()
+        killer.join(timeout=60)
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert len(failed) == MAX_SUBMISSIONS, failed
+    counts = sbatch_jobs(names, since, MAX_SUBMISSIONS)
+    assert counts == {GENERATE: MAX_SUBMISSIONS}, counts  # and nothing downstream was submitted
+    summary = "\n".join(res.stderr.splitlines()[-40:])
+    assert GENERATE in summary and "NODE_FAIL" in summary, summary
+    assert not list((store / "generate").glob("*/manifest.json"))
