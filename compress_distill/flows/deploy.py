@@ -24,6 +24,11 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
+from ..config import load_config
+from .grid import grid
+from .limits import LimitSpec, ensure_limits, gpu_limit_specs
+from .params import GridParams
+
 DEFAULT_CRON = "0 2 * * *"
 TIMEZONE_ENV = "COMPRESS_DISTILL_TIMEZONE"
 TAGS = ["compress-distill"]
@@ -46,8 +51,6 @@ class ServeOptions:
 
 
 def _grid_params(config: Path | None, store: Path | None, **extra: Any) -> dict[str, Any]:
-    from .grid import GridParams
-
     # Absolute paths: a flow run's process need not start in the serve process's directory.
     params = GridParams(config_path=str(config.resolve()) if config else None,
                         store_root=str(store.resolve()) if store else None, **extra)
@@ -75,8 +78,6 @@ def deployment_specs(opts: ServeOptions) -> list[dict[str, Any]]:
 
 
 def build_deployments(opts: ServeOptions) -> list[RunnerDeployment]:
-    from .grid import grid
-
     out: list[RunnerDeployment] = []
     for spec in deployment_specs(opts):
         schedules = [Cron(spec["cron"], timezone=spec["timezone"])] if "cron" in spec else None
@@ -91,9 +92,6 @@ def build_deployments(opts: ServeOptions) -> list[RunnerDeployment]:
 def ensure_config_limits(opts: ServeOptions) -> None:
     """Create the GPU-pool limits of every served config before the first run (one run per grid is
     a store lease, flows/limits.py, and needs nothing registered)."""
-    from ..config import load_config
-    from .limits import LimitSpec, ensure_limits, gpu_limit_specs
-
     specs: dict[str, LimitSpec] = {}
     for path in {opts.paper, opts.mini, opts.nightly or opts.paper}:
         for spec in gpu_limit_specs(load_config(path).cluster):
