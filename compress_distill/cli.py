@@ -484,7 +484,8 @@ def run(config: ConfigArg, store: StoreOpt = None, select: SelectOpt = None,
     cfg = _load(config)  # fail fast with a clean message, before Prefect starts
     claim()  # before Prefect starts its temporary server: it dies with this process, even on SIGKILL
     _prefect_defaults()
-    from .flows.grid import GridFailed, GridParams, grid
+    from .flows.grid import GridFailed, grid
+    from .flows.params import GridParams
     from .flows.progress import live_progress
 
     run_log = _tracebacks_to_file(Path(store or cfg.store_root))

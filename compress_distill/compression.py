@@ -1,4 +1,4 @@
-"""Compression stage helpers (paper 3.2, appendix B): prompts, assembly, rho, Table 5 statistics.
+"""Compression stage helpers (paper 3.2, appendix B): prompts, assembly, rho, Table 5 token counts.
 
 Pure functions; the stage drives the generation client with them.
 
@@ -10,7 +10,7 @@ Pure functions; the stage drives the generation client with them.
   `<think>{compressed}</think>{tail}`.
 - rho = len(compressed reasoning) / len(raw reasoning), in characters.
 
-Edge cases (decided here, counted in the stats):
+Edge cases (decided here, counted in the stats, `report.metrics.compression_stats`):
 - empty compressor output -> status `empty`, `usable=False`, rho 0.0. It is kept in the table
   (the judge rates it `empty_compressed`) but derive/trainset skip it: an empty think block
   would turn the example into an answer-only one.
@@ -24,10 +24,8 @@ Edge cases (decided here, counted in the stats):
 
 from __future__ import annotations
 
-import math
 import re
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,40 +168,11 @@ def assemble(record_id: str, raw_response: str, output: str | None, *, finish_re
 
 # --------------------------------------------------------------------------- Table 5
 
-def _mean(xs: Sequence[float]) -> float | None:
-    return math.fsum(xs) / len(xs) if xs else None
-
-
-def compression_stats(rows: Iterable[Mapping[str, Any]], tokenizer: Any = None) -> list[dict[str, Any]]:
-    """Table 5 rows per (teacher, compressor, dataset), then an `Overall` row per (teacher, compressor).
-
-    Means are over usable rows. `ratio_of_means` = mean compressed chars / mean raw chars is the
-    ratio Table 5 prints; `mean_rho` is the mean of per-example rho. `mean_compressed_tokens`
-    needs `tokenizer` (the compressor's). Empty / longer / truncated outputs are counted.
-    """
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
-    for r in rows:
-        key = (str(r.get("teacher")), str(r.get("compressor")), str(r.get("dataset")))
-        groups[key].append(r)
-        groups[(key[0], key[1], "Overall")].append(r)
-    tokens: dict[int, int] = {}
-    if tokenizer is not None:
-        usable = [r for k, rs in groups.items() if k[2] != "Overall" for r in rs if r.get("usable")]
-        for r, n in zip(usable, batch_lengths(tokenizer, [str(r["reasoning"]) for r in usable]), strict=True):
-            tokens[id(r)] = n
-    out = []
-    for (teacher, compressor, dataset), rs in sorted(groups.items(), key=lambda kv: (*kv[0][:2],
-                                                                                      kv[0][2] == "Overall",
-                                                                                      kv[0][2])):
-        ok = [r for r in rs if r.get("usable")]
-        raw = _mean([float(r["raw_chars"]) for r in ok])
-        comp = _mean([float(r["compressed_chars"]) for r in ok])
-        out.append({
-            "teacher": teacher, "compressor": compressor, "dataset": dataset, "n": len(rs), "n_usable": len(ok),
-            "mean_raw_chars": raw, "mean_compressed_chars": comp,
-            "mean_compressed_tokens": _mean([float(tokens[id(r)]) for r in ok]) if tokenizer is not None else None,
-            "mean_rho": _mean([float(r["rho"]) for r in ok if r.get("rho") is not None]),
-            "ratio_of_means": comp / raw if raw and comp is not None else None,
-            **{f"n_{s}": sum(r.get("status") == s for r in rs) for s in STATUSES if s != "ok"},
-        })
+def with_compressed_tokens(rows: Iterable[Mapping[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    """The rows with `compressed_tokens` (the compressor tokenizer's length of the compressed
+    reasoning) on usable ones, for `report.metrics.compression_stats` (Table 5's token column)."""
+    out = [dict(r) for r in rows]
+    usable = [r for r in out if r.get("usable")]
+    for r, n in zip(usable, batch_lengths(tokenizer, [str(r["reasoning"]) for r in usable]), strict=True):
+        r["compressed_tokens"] = n
     return out

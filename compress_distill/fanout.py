@@ -19,6 +19,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from .extraction import Verdict, verify_batch
@@ -28,6 +29,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 ClusterKind = Literal["local", "slurm"]
 _GPU_WORDS = ("gres", "gpu")
+# Where a SLURMCluster's worker jobs write their stdout/stderr (`<job_name>-<job id>.out/.err`) unless
+# the caller names a directory (a store's `.logs/dask/` when there is one). Without it, dask-jobqueue
+# leaves sbatch's default, `slurm-<id>.out` in whatever directory the cluster was started from. Under
+# $HOME: on a real cluster the compute nodes see it (sbatch opens the files there), /tmp they would not.
+DASK_LOG_DIR = Path.home() / ".cache" / "compress-distill" / "dask-logs"
 
 
 def shards(items: Sequence[T], size: int) -> list[list[T]]:
@@ -76,9 +82,11 @@ class _VerifyShard:
 
 def slurm_cluster_kwargs(*, cores: int = 1, memory: str = "2GB", partition: str | None = None,
                          walltime: str = "00:30:00", account: str | None = None, interface: str | None = None,
-                         job_extra_directives: Sequence[str] = (), python: str | None = None) -> dict[str, Any]:
+                         job_extra_directives: Sequence[str] = (), python: str | None = None,
+                         log_directory: str | Path | None = None) -> dict[str, Any]:
     """Keyword arguments of dask_jobqueue.SLURMCluster for CPU-only workers (also what
-    DaskTaskRunner's `cluster_kwargs` takes). One Slurm job = one single-threaded worker process."""
+    DaskTaskRunner's `cluster_kwargs` takes). One Slurm job = one single-threaded worker process;
+    its logs go to `log_directory` (default DASK_LOG_DIR), never the current directory."""
     bad = [d for d in job_extra_directives if any(w in d.lower() for w in _GPU_WORDS)]
     if bad:
         raise ValueError(f"Dask workers are CPU-only; GPU jobs go through the job backend, not Dask: {bad}")
@@ -86,6 +94,7 @@ def slurm_cluster_kwargs(*, cores: int = 1, memory: str = "2GB", partition: str 
         "cores": cores, "processes": 1, "memory": memory, "walltime": walltime,
         "python": python or sys.executable, "job_extra_directives": list(job_extra_directives),
         "job_name": "cd-dask-cpu", "job_script_prologue": [NON_DAEMON_PROLOGUE],
+        "log_directory": str(Path(log_directory or DASK_LOG_DIR).absolute()),  # made by dask-jobqueue
     }
     if partition:
         kw["queue"] = partition

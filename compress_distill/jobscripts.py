@@ -32,7 +32,7 @@ from .envs import LOCAL_DEFAULTS, env_dir
 from .plan import Node, Plan
 from .sbatch import CPU_SERVER_MODULE, render_eval_job, render_train_job, render_vllm_job
 from .serving import mini_ref, resolve_model_dir
-from .stages import skeleton_stages
+from .stages import override_serve_with
 from .store import ArtifactStore
 
 SERVE_STAGES = ("generate", "compress", "judge")
@@ -54,11 +54,13 @@ def payload_argv(cfg: StudyConfig, node: Node, *, config_path: Path, store_root:
 
 
 def job_server(cfg: StudyConfig, serve: ServeSpec) -> str:
-    """What the job starts before its client (`cluster.server_for`). The skeleton stand-ins run no
-    model, so their jobs start no server. A vLLM server from this checkout's own env (one machine,
+    """What the job starts before its client (`cluster.server_for`), unless the stage override module
+    (COMPRESS_DISTILL_STAGES, stages/__init__.py) sets `SERVE_WITH`: stand-ins that run no model start
+    no server (`stage`). A vLLM server from this checkout's own env (one machine,
     a `device: cpu` dev cluster) needs that env built: say so now, not as a job's "No such file"."""
-    if skeleton_stages():
-        return "stage"
+    forced = override_serve_with()
+    if forced is not None:
+        return forced
     server = cfg.cluster.server_for(serve)
     env = env_dir(cfg, "vllm")
     if server == "vllm" and env == LOCAL_DEFAULTS["vllm"] and not (env / "bin" / "python").exists():

@@ -28,12 +28,14 @@ from compress_distill.config import load_config
 from compress_distill.plan import build_plan
 from compress_distill.selection import nodes_for_selection
 
+from .support import SKELETON_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # These tests are about orchestration: the stand-in stages (tables with the real schemas, no
 # model) keep a mini run at seconds; the real stages have their own tests.
-SKELETON = {"COMPRESS_DISTILL_STAGES": "skeleton"}
+SKELETON = SKELETON_ENV  # the stand-ins, importable in the serve process and its jobs (support/)
 
 
 def job_nodes(config: Path, select: Mapping[str, str]) -> set[str]:

@@ -13,11 +13,12 @@ from compress_distill.compression import (
     char_ratio,
     clean_output,
     compression_prompt,
-    compression_stats,
     render_prompt,
     split_response,
+    with_compressed_tokens,
 )
 from compress_distill.config import CompressorSpec, SamplingSpec, ServeSpec
+from compress_distill.report.metrics import OVERALL, compression_stats
 from tests.tiny_tokenizer import bytelevel
 
 RAW = "<think>\nFirst 2+3=5. Wait, re-check: 2+3 is 5. So 5.\n</think>\n\nThe answer is \\boxed{5}."
@@ -106,21 +107,21 @@ def test_table5_stats() -> None:
                         dataset=dataset, teacher="qwen", compressor="llama")
     rows = [r("gsm8k", "a" * 100, "b" * 10), r("gsm8k", "a" * 300, "b" * 60), r("gsm8k", "a" * 10, ""),
             r("medqa", "a" * 50, "b" * 100), r("medqa", "a" * 50, "b" * 5, "length")]
-    stats = compression_stats(rows, tokenizer=bytelevel())
+    stats = [s.to_row() for s in compression_stats(with_compressed_tokens(rows, bytelevel()))]
     by = {s["dataset"]: s for s in stats}
-    assert [s["dataset"] for s in stats] == ["gsm8k", "medqa", "Overall"]
+    assert [s["dataset"] for s in stats] == ["gsm8k", "medqa", OVERALL]
     g = by["gsm8k"]
-    assert (g["n"], g["n_usable"], g["n_empty"]) == (3, 2, 1)
+    assert (g["n_rows"], g["n"], g["n_empty"]) == (3, 2, 1)  # means over the usable rows
     assert g["mean_raw_chars"] == 200 and g["mean_compressed_chars"] == 35
     assert g["mean_rho"] == pytest.approx((0.1 + 0.2) / 2)
     assert g["ratio_of_means"] == pytest.approx(35 / 200)
     assert g["mean_compressed_tokens"] is not None and g["mean_compressed_tokens"] > 0
     m = by["medqa"]
     assert (m["n_longer"], m["n_truncated"]) == (1, 1)
-    o = by["Overall"]
-    assert o["n"] == 5 and o["n_usable"] == 4
+    o = by[OVERALL]
+    assert o["n_rows"] == 5 and o["n"] == 4
     assert o["mean_rho"] == pytest.approx((0.1 + 0.2 + 2.0 + 0.1) / 4)
-    assert compression_stats(rows)[0]["mean_compressed_tokens"] is None
+    assert compression_stats(rows)[0].mean_compressed_tokens is None
     assert not math.isnan(o["ratio_of_means"])
 
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from compress_distill.extraction import verify_batch
-from compress_distill.fanout import dask_executor, map_shards, shards, slurm_cluster_kwargs, verify_sharded
+from compress_distill.fanout import (
+    DASK_LOG_DIR,
+    dask_executor,
+    map_shards,
+    shards,
+    slurm_cluster_kwargs,
+    verify_sharded,
+)
 
 from .conftest import need_dev_cluster
 
@@ -43,6 +51,16 @@ def test_gpu_requests_are_refused_for_dask_workers() -> None:
         slurm_cluster_kwargs(job_extra_directives=["--gres=gpu:8"])
     kw = slurm_cluster_kwargs(partition="debug", interface="lo")
     assert kw["queue"] == "debug" and kw["processes"] == 1 and kw["job_extra_directives"] == []
+
+
+def test_dask_worker_logs_go_to_the_log_directory_not_the_cwd(tmp_path: Path) -> None:
+    from dask_jobqueue.slurm import SLURMJob
+
+    assert slurm_cluster_kwargs()["log_directory"] == str(DASK_LOG_DIR)
+    kw = slurm_cluster_kwargs(partition="debug", log_directory=tmp_path / "dask")
+    script = SLURMJob(scheduler="tcp://127.0.0.1:8786", name="w", **kw).job_script()
+    assert f"#SBATCH -o {tmp_path}/dask/cd-dask-cpu-%J.out" in script  # else sbatch writes ./slurm-<id>.out
+    assert f"#SBATCH -e {tmp_path}/dask/cd-dask-cpu-%J.err" in script
 
 
 @pytest.mark.slow

@@ -80,3 +80,25 @@ def test_train_script_runs_payload_through_local_backend(tmp_path: Path, monkeyp
     token, word = probe.read_text().split("|")
     assert token == "1:2:test" and word == f"$(touch {tmp_path}/pwned)" and not (tmp_path / "pwned").exists()
     assert "no checkpoint in" in (tmp_path / "job.log").read_text()
+
+
+def test_stage_override_module_replaces_stages_and_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """COMPRESS_DISTILL_STAGES=<module>: its stage functions win, missing ones stay real, and its
+    SERVE_WITH is what serving jobs start; unset, the registry and the config decide."""
+    from compress_distill.jobscripts import job_server
+    from compress_distill.stages import STAGES_ENV, stage_function
+
+    from .support import SKELETON_ENV, skeleton_stages
+
+    cfg = load_config(CONFIGS / "mini.yaml")  # serve_with: vllm
+    teacher = next(iter(cfg.teachers.values()))
+    monkeypatch.delenv(STAGES_ENV, raising=False)
+    assert stage_function("generate").__module__ == "compress_distill.stages.generate"
+    monkeypatch.setenv(STAGES_ENV, SKELETON_ENV[STAGES_ENV])
+    assert stage_function("generate") is skeleton_stages.generate
+    assert job_server(cfg, teacher.serve) == "stage"
+    monkeypatch.delattr(skeleton_stages, "judge")
+    assert stage_function("judge").__module__ == "compress_distill.stages.judge"
+    monkeypatch.setenv(STAGES_ENV, "no_such_stage_module")
+    with pytest.raises(ImportError, match="COMPRESS_DISTILL_STAGES=no_such_stage_module"):
+        stage_function("generate")

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from .conftest import CONFIGS, REPO
+from .support import SKELETON_ENV
 
 pytestmark = pytest.mark.slow
 NODES = 35  # configs/mini.yaml: 5 builds, 2 prepares, generate, verify, 2 compressions, 5 derives,
@@ -24,7 +25,8 @@ NODES = 35  # configs/mini.yaml: 5 builds, 2 prepares, generate, verify, 2 compr
 @pytest.fixture(autouse=True)
 def _skeleton_stages(monkeypatch: pytest.MonkeyPatch) -> None:
     # These tests are about orchestration; the stand-in stages make each run take seconds, not minutes.
-    monkeypatch.setenv("COMPRESS_DISTILL_STAGES", "skeleton")
+    for k, v in SKELETON_ENV.items():
+        monkeypatch.setenv(k, v)
 
 
 def _run(config: Path, store: Path, *extra: str, env: dict[str, str] | None = None) -> dict:

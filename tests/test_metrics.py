@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from compress_distill.metrics import (
+from compress_distill.report.metrics import (
     OVERALL,
     EvalMetrics,
     acc_per_1k_tokens,
@@ -143,7 +143,7 @@ def test_compression_stats_per_dataset_and_overall() -> None:
     assert a.mean_raw_chars == 200 and a.mean_compressed_chars == 50
     assert a.mean_rho == pytest.approx((0.1 + 0.3) / 2)  # mean of per-example ratios, not 100/400
     assert a.mean_compressed_tokens == 12 and a.domain == "math"
-    assert b.n == 1 and b.mean_rho == 0.5 and b.mean_compressed_tokens is None
-    assert overall.n == 3 and overall.mean_rho == pytest.approx((0.1 + 0.3 + 0.5) / 3) and overall.domain is None
+    assert b.n == 1 and b.n_rows == 3 and b.mean_rho == 0.5 and b.mean_compressed_tokens is None
+    assert overall.n == 3 and overall.n_rows == 5 and overall.mean_rho == pytest.approx((0.1 + 0.3 + 0.5) / 3) and overall.domain is None
     assert list(stats) == ["a", "b", OVERALL]
     assert rho(0, 10) is None and rho(200, 50) == 0.25

@@ -241,7 +241,7 @@ def test_serve_list_prints_the_deployments(monkeypatch: pytest.MonkeyPatch) -> N
 def test_prefect_yaml_matches_the_served_deployments() -> None:
     import yaml
 
-    from compress_distill.flows.grid import GridParams
+    from compress_distill.flows.params import GridParams
 
     doc = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     deps = {d["name"]: d for d in doc["deployments"]}

@@ -10,9 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from compress_distill.report import ReportInputs, build_data, write_report
-from compress_distill.report_findings import findings
-from compress_distill.report_model import STATUS_NA, STATUS_NO, STATUS_OK
+from compress_distill.report.build import ReportInputs, build_data, write_report
+from compress_distill.report.findings import findings
+from compress_distill.report.model import STATUS_NA, STATUS_NO, STATUS_OK
 
 TEACHER = "mini-teacher"
 GROUPS = ["Math", "Science", "Commonsense", "Medicine"]  # Medicine: an empty group in the mini world

@@ -101,7 +101,8 @@ def test_failed_cell_then_retry_submits_only_that_cell(slurm: None, tmp_path: Pa
     t1 = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime())
     time.sleep(1.5)  # sacct --starttime has 1 s resolution: nothing of the first run may count again
     retry_code = ("import json, sys; from compress_distill.cli import _prefect_defaults; _prefect_defaults(); "
-                  "from compress_distill.flows.grid import GridParams, grid; "
+                  "from compress_distill.flows.grid import grid; "
+                  "from compress_distill.flows.params import GridParams; "
                   "s = grid(GridParams(config_path=None, retry_of=sys.argv[1])); "
                   "print(json.dumps({k: s[k] for k in ('ran', 'cached', 'retry_of', 'run_id')}))")
     retry = subprocess.run([sys.executable, "-c", retry_code, failed_run], capture_output=True, text=True,

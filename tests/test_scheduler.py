@@ -567,7 +567,8 @@ def test_grid_flow_carries_priorities_to_its_jobs(tmp_path: Path) -> None:
     the runner puts them on every JobRequest."""
     import logging
 
-    from compress_distill.flows.grid import GridParams, _prepare
+    from compress_distill.flows.grid import _prepare
+    from compress_distill.flows.params import GridParams
 
     run = _prepare(GridParams(config_path=str(CONFIGS / "paper.yaml"), store_root=str(tmp_path / "store")),
                    "test-run", 1, logging.getLogger("test"))

@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import JobBackend
+from ..backends.factory import make_backend
 from ..backends.watch import JobWatcher
+from .params import GridParams
+from .retry import run_inputs
 from .runlog import RunRecord
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,6 @@ def cancel_recorded_jobs(record: RunRecord, backend: JobBackend) -> list[str]:
 
 def on_cancellation_hook(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect `on_cancellation` hook of the grid flow (runs in the serve/worker process)."""
-    from .grid import GridParams, make_backend, run_inputs
-
     try:
         params = GridParams.model_validate((flow_run.parameters or {}).get("params") or {})
         cfg, store_root = run_inputs(params, str(flow_run.id))

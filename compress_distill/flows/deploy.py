@@ -24,6 +24,9 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 from prefect.types.entrypoint import EntrypointType
 
+from .grid import grid
+from .params import GridParams
+
 DEFAULT_CRON = "0 2 * * *"
 TIMEZONE_ENV = "COMPRESS_DISTILL_TIMEZONE"
 TAGS = ["compress-distill"]
@@ -46,8 +49,6 @@ class ServeOptions:
 
 
 def _grid_params(config: Path | None, store: Path | None, **extra: Any) -> dict[str, Any]:
-    from .grid import GridParams
-
     # Absolute paths: a flow run's process need not start in the serve process's directory.
     params = GridParams(config_path=str(config.resolve()) if config else None,
                         store_root=str(store.resolve()) if store else None, **extra)
@@ -75,8 +76,6 @@ def deployment_specs(opts: ServeOptions) -> list[dict[str, Any]]:
 
 
 def build_deployments(opts: ServeOptions) -> list[RunnerDeployment]:
-    from .grid import grid
-
     out: list[RunnerDeployment] = []
     for spec in deployment_specs(opts):
         schedules = [Cron(spec["cron"], timezone=spec["timezone"])] if "cron" in spec else None

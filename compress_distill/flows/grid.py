@@ -32,79 +32,29 @@ from prefect.runtime import flow_run as flow_run_ctx
 from prefect.states import State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
-from pydantic import BaseModel, ConfigDict, Field
 
 from .. import events
-from ..backends.base import JobBackend
+from ..backends.factory import make_backend
 from ..backends.watch import JobWatcher, Watched
-from ..config import StudyConfig, load_config, parse_config
+from ..config import StudyConfig
 from ..costmodel import CostModel, measured_hours
 from ..owner import claim
 from ..plan import Plan, build_plan
 from ..runner import NodeOutcome, RunContext, snapshot_config
-from ..scheduler import POLICIES, Policy, Pool, Scheduler, node_priorities, tasks_from_plan
+from ..scheduler import Policy, Pool, Scheduler, node_priorities, tasks_from_plan
 from ..selection import expand_force, nodes_for_selection
 from ..store import ArtifactStore
 from ..tasks.nodes import job_submitted, run_node_task
 from . import artifacts
 from .cancel import cancel_in_process, on_cancellation_hook
 from .lease import grid_lease
-from .retry import RetryTarget, resolve_retry, retry_params, still_forced
+from .params import GridParams, load_params_config
+from .retry import RetryTarget, effective_params, still_forced
 from .runlog import RecordingBackend, RunRecord, node_of_job
-
-
-class GridParams(BaseModel):
-    """Parameters of a grid run (the form shown in the Prefect UI)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    config_path: str | None = Field("configs/mini.yaml", description="YAML config file")
-    config: dict[str, Any] | None = Field(None, description="inline config (overrides config_path)")
-    select: dict[str, str] = Field(default_factory=dict,
-                                   description="cell filter: axis -> glob, axes teacher/student/method/data")
-    dry_run: bool = False
-    policy: Policy = Field("critical-path", description=f"admission policy of the scheduler: {', '.join(POLICIES)}")
-    force: list[str] = Field(default_factory=list, description="node-id globs to re-run even if cached")
-    store_root: str | None = Field(None, description="artifact store root (default: config store_root)")
-    retry_of: str | None = Field(
-        None, description="retry a run: its flow run id, or 'last' (newest failed/crashed/cancelled grid run). "
-                          "Its parameters are used (dry_run here still applies); the store skips what is done.")
 
 
 class GridFailed(RuntimeError):
     pass
-
-
-def load_params_config(params: GridParams) -> StudyConfig:
-    if params.config is not None:
-        return parse_config(params.config, "<inline config>")
-    if not params.config_path:
-        raise ValueError("give config_path or config")
-    return load_config(params.config_path)
-
-
-def make_backend(cfg: StudyConfig) -> JobBackend | None:
-    if cfg.cluster.backend == "local":
-        from ..backends.local import LocalBackend
-
-        return LocalBackend(max_workers=cfg.cluster.local_workers)
-    from ..backends.slurm import SlurmBackend
-
-    return SlurmBackend.from_profile(cfg.cluster)
-
-
-def effective_params(params: GridParams, run_id: str | None) -> tuple[GridParams, RetryTarget | None]:
-    if not params.retry_of:
-        return params, None
-    target = resolve_retry(params.retry_of, run_id)
-    return retry_params(target, params), target
-
-
-def run_inputs(params: GridParams, run_id: str | None) -> tuple[StudyConfig, Path]:
-    """Config and store root a run works on (after resolving `retry_of`)."""
-    params, _ = effective_params(params, run_id)
-    cfg = load_params_config(params)
-    return cfg, Path(params.store_root or cfg.store_root)
 
 
 def _outcome(state: State[Any], result: NodeOutcome | None) -> str:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from prefect import get_client
 from prefect.client.schemas.filters import (
@@ -30,11 +31,10 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
+from ..config import StudyConfig
 from ..plan import Plan
 from ..store import ArtifactStore
-
-if TYPE_CHECKING:
-    from .grid import GridParams
+from .params import GridParams, load_params_config
 
 MAX_CHAIN = 10
 
@@ -94,12 +94,25 @@ def resolve_retry(retry_of: str, self_run_id: str | None) -> RetryTarget:
 
 def retry_params(target: RetryTarget, params: GridParams) -> GridParams:
     """The target's parameters; `dry_run` of the retry itself wins (a dry retry shows what would run)."""
-    from .grid import GridParams
-
     merged = {**target.params, "retry_of": None}
     if params.dry_run:
         merged["dry_run"] = True
     return GridParams.model_validate(merged)
+
+
+def effective_params(params: GridParams, run_id: str | None) -> tuple[GridParams, RetryTarget | None]:
+    """The parameters a run works with: its own, or (with `retry_of`) the retried run's."""
+    if not params.retry_of:
+        return params, None
+    target = resolve_retry(params.retry_of, run_id)
+    return retry_params(target, params), target
+
+
+def run_inputs(params: GridParams, run_id: str | None) -> tuple[StudyConfig, Path]:
+    """Config and store root a run works on (after resolving `retry_of`)."""
+    params, _ = effective_params(params, run_id)
+    cfg = load_params_config(params)
+    return cfg, Path(params.store_root or cfg.store_root)
 
 
 def still_forced(plan: Plan, store: ArtifactStore, forced: frozenset[str], since: float | None) -> frozenset[str]:

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from ..config import StudyConfig
@@ -32,9 +33,13 @@ REGISTRY: dict[str, str] = {
     "evaluate": "compress_distill.stages.evaluate:run",
     "report": "compress_distill.stages.report:run",
 }
-# COMPRESS_DISTILL_STAGES=skeleton swaps in stand-ins that run no model: the DAG-mechanics tests
-# (caching, selective re-runs, kill/resume) exercise the orchestration in seconds with them.
-SKELETON_ENV = "COMPRESS_DISTILL_STAGES"
+# COMPRESS_DISTILL_STAGES=<module>: a hook to replace stages (the package ships no stand-ins). The named
+# module is imported and its function named after a stage (`generate(ctx)`, ...) runs instead of the
+# REGISTRY's; stages it lacks stay real. An optional `SERVE_WITH` string in it replaces what serving
+# jobs start (`stage`: no server, for stand-ins that serve no model). Jobs import it in their own
+# process (a local subprocess, a Slurm job), which inherits this environment: the module must be
+# importable there, e.g. through PYTHONPATH. The DAG-mechanics tests use tests/support/skeleton_stages.py.
+STAGES_ENV = "COMPRESS_DISTILL_STAGES"
 
 
 @dataclass
@@ -60,16 +65,30 @@ class StageContext:
 class StageResult:
     rows: dict[str, int] = field(default_factory=dict)  # table file -> row count
     metrics: dict[str, Any] = field(default_factory=dict)
-    placeholder: bool = False  # True while a stage is the skeleton stand-in
+    placeholder: bool = False  # True when a stand-in wrote it: no model ran
 
 
-def skeleton_stages() -> bool:
-    return os.environ.get(SKELETON_ENV) == "skeleton"
+def stage_overrides() -> ModuleType | None:
+    """The module named by COMPRESS_DISTILL_STAGES, or None when it is unset."""
+    name = os.environ.get(STAGES_ENV)
+    if not name:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        raise ImportError(f"{STAGES_ENV}={name}: cannot import it ({err}); it must be an importable module "
+                          "in this process and in the jobs' (PYTHONPATH)") from err
+
+
+def override_serve_with() -> str | None:
+    """`SERVE_WITH` of the override module: what serving jobs start instead of the config's choice."""
+    mod = stage_overrides()
+    return getattr(mod, "SERVE_WITH", None) if mod is not None else None
 
 
 def stage_function(stage: str) -> Callable[[StageContext], StageResult]:
-    if skeleton_stages():
-        module, func = "compress_distill.stages.skeleton", stage
-    else:
-        module, func = REGISTRY[stage].split(":")
+    mod = stage_overrides()
+    if mod is not None and callable(getattr(mod, stage, None)):
+        return getattr(mod, stage)  # type: ignore[no-any-return]
+    module, func = REGISTRY[stage].split(":")
     return getattr(importlib.import_module(module), func)  # type: ignore[no-any-return]

@@ -13,10 +13,11 @@ import json
 
 import pyarrow.parquet as pq
 
-from ..compression import COMPRESSED_SCHEMA, assemble, compression_inputs, compression_stats
+from ..compression import COMPRESSED_SCHEMA, assemble, compression_inputs, with_compressed_tokens
 from ..generation.client import ChatRequest, ClientConfig, Sampling
 from ..generation.sharded import check_failures, clipped_count, complete_into_shards, unanswered
 from ..generation.shards import scan
+from ..report.metrics import OVERALL, compression_stats
 from ..serving import api_key_env, model_endpoint, tokenizer_ref
 from ..store import write_parquet
 from ..tokenization import load_tokenizer
@@ -54,9 +55,9 @@ def run(ctx: StageContext) -> StageResult:
                              dataset=t["dataset"], domain=t["domain"], teacher=teacher, compressor=comp_name))
     n = write_parquet(rows, ctx.out / "compressed.parquet", schema=COMPRESSED_SCHEMA)
     tok = load_tokenizer(tokenizer_ref(spec.tokenizer or spec.model))
-    stats = compression_stats(rows, tok)
+    stats = [s.to_row() for s in compression_stats(with_compressed_tokens(rows, tok))]
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=1))
-    overall = next((s for s in stats if s["dataset"] == "Overall"), {})
+    overall = next((s for s in stats if s["dataset"] == OVERALL), {})
     return StageResult({"compressed.parquet": n}, {**req_stats, **failed,
                                                    "clipped_requests": clipped_count(done.values()),
                                                    "mean_rho": overall.get("mean_rho"),

@@ -23,7 +23,7 @@ from ..generation.client import ChatRequest, ClientConfig, Sampling
 from ..generation.rejection import build_messages
 from ..generation.sharded import check_failures, clipped_count, complete_into_shards, unanswered
 from ..generation.shards import scan
-from ..metrics import eval_metrics
+from ..report.metrics import eval_metrics
 from ..serving import api_key_env, model_endpoint
 from ..store import write_parquet
 from . import StageContext, StageResult

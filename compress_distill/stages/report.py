@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from ..plan import Cell, expand_cells
-from ..report import ReportInputs, write_report
+from ..report.build import ReportInputs, write_report
 from . import StageContext, StageResult
 
 

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from ..conftest import CONFIGS, REPO
+from ..support import SKELETON_ENV
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_failed_run_prints_its_summary_and_names_the_traceback_file(tmp_path: Path) -> None:
-    env = {**os.environ, "COMPRESS_DISTILL_STAGES": "skeleton",
+    env = {**os.environ, **SKELETON_ENV,
            "COMPRESS_DISTILL_INJECT_JOBS": "train/mini-teacher.tiny.full.raw"}
     proc = subprocess.run([sys.executable, "-m", "compress_distill.cli", "run", str(CONFIGS / "mini-ci.yaml"),
                            "--store", str(tmp_path / "store"), "--select", "student=tiny", "--select", "method=full",

@@ -17,6 +17,7 @@ from compress_distill.status import explain, node_status
 from compress_distill.store import MANIFEST, ArtifactStore, write_parquet
 
 from ..conftest import CONFIGS
+from ..support import SKELETON_ENV
 
 POOL = "prepare/train-pool"
 
@@ -24,7 +25,8 @@ POOL = "prepare/train-pool"
 @pytest.fixture(autouse=True)
 def _skeleton_stages(monkeypatch: pytest.MonkeyPatch) -> None:
     # stand-in stages: real Parquet files and real commits, no model (milliseconds per node)
-    monkeypatch.setenv("COMPRESS_DISTILL_STAGES", "skeleton")
+    for k, v in SKELETON_ENV.items():
+        monkeypatch.setenv(k, v)
     monkeypatch.setenv("COMPRESS_DISTILL_SKELETON_DELAY_S", "0")
 
 

@@ -26,10 +26,11 @@ from compress_distill.owner import OWNER_ENV, tagged
 from compress_distill.plan import build_plan
 
 from ..conftest import CONFIGS, REPO, need_dev_cluster
+from ..support import SKELETON_ENV
 from ..test_retry_failed import sbatch_jobs, slurm_mini
 
 pytestmark = pytest.mark.slow
-SKELETON = {"COMPRESS_DISTILL_STAGES": "skeleton", "COMPRESS_DISTILL_LEASE_TTL_S": "3"}
+SKELETON = {**SKELETON_ENV, "COMPRESS_DISTILL_LEASE_TTL_S": "3"}
 CELL = ["--select", "student=tiny", "--select", "method=full", "--select", "data=raw"]
 GENERATE = "generate/mini-teacher"
 

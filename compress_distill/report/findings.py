@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .metrics import EvalMetrics
-from .report_model import (
+from .model import (
     STATUS_NA,
     STATUS_NO,
     STATUS_OK,

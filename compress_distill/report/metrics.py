@@ -19,8 +19,9 @@ everything, which silently breaks orderings in the findings.
 Training (Table 6): token ratio and wall-clock speed-up of each cell against the
 raw cell of the same (teacher, student, method).
 
-Compression (Tables 2 and 5): per (teacher, compressor, dataset) mean raw
-characters, mean compressed characters and mean per-example rho = compressed / raw.
+Compression (Tables 2 and 5; the compress stage's stats.json): per (teacher, compressor,
+dataset) mean raw characters, mean compressed characters, mean per-example rho =
+compressed / raw, and the rows by compression status.
 """
 
 from __future__ import annotations
@@ -269,12 +270,18 @@ class CompressionStats:
     compressor: str
     dataset: str  # OVERALL for the (teacher, compressor) summary row (Table 2)
     domain: str | None
-    n: int  # traces with raw_chars > 0 (rho is undefined for an empty raw trace)
+    n: int  # the traces the means are over: usable ones with raw_chars > 0 (rho is undefined for an empty raw trace)
+    n_rows: int  # every row of the group, unusable ones included
     mean_raw_chars: float | None
     mean_compressed_chars: float | None
     mean_compressed_tokens: float | None  # None when the rows carry no compressed_tokens
     mean_rho: float | None  # mean of per-example compressed/raw, as in the paper
     median_rho: float | None
+    ratio_of_means: float | None  # mean compressed chars / mean raw chars
+    n_longer: int = 0  # rows by `status` (compression.assemble): compressed longer than raw, kept
+    n_truncated: int = 0  # the compressor hit its token cap, kept
+    n_empty: int = 0  # empty compressor output, unusable
+    n_empty_original: int = 0  # empty raw reasoning, unusable
 
     def to_row(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -288,15 +295,16 @@ def rho(raw_chars: Any, compressed_chars: Any) -> float | None:
 def compression_stats(rows: Iterable[Mapping[str, Any]]) -> list[CompressionStats]:
     """Per (teacher, compressor, dataset) stats, then one OVERALL row per (teacher, compressor).
 
-    Rows: teacher, compressor, dataset, raw_chars, compressed_chars; optional domain, compressed_tokens,
-    usable (rows with usable == False are left out, as `compression.assemble` marks them).
+    The one implementation of Tables 2 and 5 (the compress stage's stats.json and the report).
+    Rows: teacher, compressor, dataset, raw_chars, compressed_chars; optional domain,
+    compressed_tokens, status, usable (COMPRESSED_SCHEMA rows of `compression.assemble` fit as
+    they are). Means are over usable rows (usable == False: empty outputs, not training data)
+    with raw_chars > 0; every row counts in `n_rows` and its status count.
     Groups keep the order of first appearance (the pipeline writes them in config order); the
     overall row follows its datasets.
     """
     by: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in rows:
-        if r.get("usable") is False:  # compression.assemble marks empty outputs unusable: not training data
-            continue
         by[(str(r["teacher"]), str(r["compressor"]), str(r["dataset"]))].append(r)
     out: list[CompressionStats] = []
     pairs = dict.fromkeys((t, c) for t, c, _ in by)
@@ -311,17 +319,23 @@ def compression_stats(rows: Iterable[Mapping[str, Any]]) -> list[CompressionStat
 
 
 def _stats(teacher: str, compressor: str, dataset: str, rows: Sequence[Mapping[str, Any]]) -> CompressionStats:
-    valid = [r for r in rows if (_finite(r.get("raw_chars")) or 0) > 0]
+    valid = [r for r in rows if r.get("usable") is not False and (_finite(r.get("raw_chars")) or 0) > 0]
     rhos = [x for x in (rho(r["raw_chars"], r.get("compressed_chars")) for r in valid) if x is not None]
     ctoks = [float(r["compressed_tokens"]) for r in valid if _finite(r.get("compressed_tokens")) is not None]
     domains = {str(r["domain"]) for r in rows if r.get("domain")}
+    raw = _mean([float(r["raw_chars"]) for r in valid])
+    comp = _mean([float(r.get("compressed_chars") or 0) for r in valid])
+    status = [r.get("status") for r in rows]
     return CompressionStats(
         teacher=teacher, compressor=compressor, dataset=dataset,
         domain=domains.pop() if len(domains) == 1 else None,
-        n=len(valid),
-        mean_raw_chars=_mean([float(r["raw_chars"]) for r in valid]),
-        mean_compressed_chars=_mean([float(r.get("compressed_chars") or 0) for r in valid]),
+        n=len(valid), n_rows=len(rows),
+        mean_raw_chars=raw,
+        mean_compressed_chars=comp,
         mean_compressed_tokens=_mean(ctoks),
         mean_rho=_mean(rhos),
         median_rho=_median(rhos),
+        ratio_of_means=_ratio(comp, raw),
+        n_longer=status.count("longer"), n_truncated=status.count("truncated"),
+        n_empty=status.count("empty"), n_empty_original=status.count("empty_original"),
     )

@@ -12,7 +12,7 @@ from statistics import fmean
 from typing import Any
 
 from .metrics import OVERALL
-from .report_model import (
+from .model import (
     NA,
     CellInfo,
     ReportData,

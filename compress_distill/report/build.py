@@ -1,9 +1,9 @@
 """The study report: `write_report(inputs, out_dir)` writes `report.md`, `report.html` and
 `figures/*.png` from MEASURED data.
 
-Contents: the paper's directional findings judged from the data (`report_findings`), Tables
-2-11 (`report_tables`) and Figures 2-4 plus an accuracy-cost Pareto view (`figures`). The
-input contract, `ReportInputs`, is documented column by column in `report_model`; it is
+Contents: the paper's directional findings judged from the data (`findings`), Tables
+2-11 (`tables`) and Figures 2-4 plus an accuracy-cost Pareto view (`figures`). The
+input contract, `ReportInputs`, is documented column by column in `model`; it is
 re-exported here. The HTML is self-contained (inline CSS, figures embedded as data URIs);
 the Markdown links the PNGs next to it.
 """
@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .figures import write_figures
-from .report_findings import findings
-from .report_model import STATUS_NA, STATUS_OK, Finding, ReportData, ReportInputs, TableBlock, build_data
-from .report_tables import ALL_TABLES
+from .findings import findings
+from .model import STATUS_NA, STATUS_OK, Finding, ReportData, ReportInputs, TableBlock, build_data
+from .tables import ALL_TABLES
 
 __all__ = ["ReportInputs", "build_data", "render_markdown", "render_html", "write_report"]
 

@@ -22,8 +22,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .report_model import CellInfo, ReportData, num
-from .report_tables import job_gpu_hours
+from .model import CellInfo, ReportData, num
+from .tables import job_gpu_hours
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 DPI = 130

@@ -1,10 +1,12 @@
-"""Stand-ins for every stage, selected with COMPRESS_DISTILL_STAGES=skeleton (tests only).
+"""Stand-ins for every stage (tests only), through the package's stage hook:
+COMPRESS_DISTILL_STAGES=tests.support.skeleton_stages (`tests.support.SKELETON_ENV` also puts
+the repo root on PYTHONPATH, so that the jobs' processes import this module too).
 
 They write small tables so that the DAG, the store, caching and resume can be
 exercised in seconds, and they mark their manifests `placeholder: true`: no
-model is run. COMPRESS_DISTILL_SKELETON_DELAY_S makes each stand-in sleep
-(the kill/resume test uses it to catch a run mid-stage). The judge stage
-still uses its stand-in in real runs until the judge job lands.
+model is run, so serving jobs start no server (`SERVE_WITH`).
+COMPRESS_DISTILL_SKELETON_DELAY_S makes each stand-in sleep (the kill/resume
+test uses it to catch a run mid-stage).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import time
 
 import pyarrow.parquet as pq
 
-from ..store import write_parquet
-from . import StageContext, StageResult
+from compress_distill.stages import StageContext, StageResult
+from compress_distill.store import write_parquet
+
+SERVE_WITH = "stage"  # jobs start no model server: these stages serve none
 
 
 def _delay() -> None:
