@@ -6,6 +6,11 @@ key hashes exactly: stage, the stage's code version, `params` and the
 upstream keys. Paths, hostnames, partitions, time limits and labels are not
 part of any key, so moving the store or the cluster keeps every key.
 
+The key is the input: the plan is the one place that resolves a node's
+effective settings (a student's method overrides, the FSDP rule), and a job
+reads them back from the node (`TrainParams.of(node)` for a train node), never
+from the config, so what ran is what was hashed.
+
 Stages, in order:
   build (mini-world models only) / prepare -> generate (rejection rounds, in one serving job) -> verify
   -> compress -> judge (optional) -> derive (training sets per source)
@@ -21,7 +26,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import CELL_AXES, StudyConfig
+from .config import CELL_AXES, MethodParams, StudyConfig, TrainingSpec
+from .families import Family
 from .serving import mini_ref
 from .versions import CODE_VERSIONS
 
@@ -72,6 +78,48 @@ class Node:
         return f"{self.stage}/{self.name}"
 
 
+@dataclass(frozen=True)
+class TrainParams:
+    """A train node's identity, typed: the values its key hashed, which every trainer reads.
+
+    Built from the node's JSON identity (`of`), so a trainer sees exactly what was hashed: the
+    method with the student's overrides folded in, the shared training settings (without
+    `save_steps`, which is not identity: read it from the config), the FSDP decision, and the
+    student's model family with its template text."""
+
+    student: str  # the student's model ref
+    method: MethodParams
+    training: TrainingSpec
+    fsdp: bool
+    decoder_layer: str | None
+    world_size: int
+    family: Family
+    template_text: str | None
+
+    @classmethod
+    def of(cls, node: Node) -> TrainParams:
+        if node.stage != "train":
+            raise ValueError(f"{node.id}: not a train node")
+        p = _jsonable(node.params)
+        fam = dict(p["family"])
+        text = fam.pop("template_text")
+        family = Family(**{k: _tuples(v) for k, v in fam.items()})
+        return cls(student=p["student"], method=MethodParams.model_validate(p["method"]),
+                   training=TrainingSpec.model_validate(p["training"]), fsdp=p["fsdp"],
+                   decoder_layer=p["decoder_layer"], world_size=p["world_size"], family=family,
+                   template_text=text)
+
+    @property
+    def lora_rank(self) -> int | None:
+        """The adapter rank of a LoRA cell (what serving its checkpoint needs); None for full fine-tuning."""
+        return self.method.lora.r if self.method.lora is not None else None
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples a frozen Family holds (eot_tokens, special_tokens pairs)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 @dataclass
 class Plan:
     config: StudyConfig
@@ -92,6 +140,10 @@ class Plan:
             "params": _jsonable(node.params),
             "upstream": {dep: self.keys[dep] for dep in node.deps},
         }
+
+    def train_params(self, cell: Cell) -> TrainParams:
+        """The resolved training settings of a cell, read from its train node."""
+        return TrainParams.of(self.nodes[f"train/{cell.name}"])
 
     def dependants(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {nid: [] for nid in self.nodes}
@@ -157,6 +209,19 @@ def _serving_identity(cfg: StudyConfig, model: str, sampling: Any, serve: Any) -
     # the engine do.
     return {"model": model, "sampling": sampling.model_dump(), "max_model_len": serve.max_model_len,
             "engine": engine(cfg, serve)}
+
+
+def train_identity(cfg: StudyConfig, cell: Cell) -> dict[str, Any]:
+    """A train node's identity: the one place a cell's effective hyperparameters are resolved (the
+    student's method overrides folded in) and the FSDP rule is applied. Trainers read these values
+    back from the node (`TrainParams.of`)."""
+    st = cfg.students[cell.student]
+    method = cfg.method_for(cell.student, cell.method)
+    return {"student": st.model, "method": method.model_dump(exclude={"label"}),
+            "training": cfg.training.model_dump(exclude={"save_steps"}),
+            # FSDP2 for full fine-tuning of students marked `fsdp: true` (H.3); LoRA runs use DDP
+            "fsdp": st.fsdp and method.kind == "full",
+            "decoder_layer": st.decoder_layer, "world_size": cell.gpus, "family": family_identity(cfg, cell.student)}
 
 
 def build_plan(cfg: StudyConfig) -> Plan:
@@ -240,16 +305,10 @@ def build_plan(cfg: StudyConfig) -> Plan:
 
     evals: list[str] = []
     trains: list[str] = []
-    families = {name: family_identity(cfg, name) for name in dict.fromkeys(c.student for c in cells)}
     for c in cells:
-        st = cfg.students[c.student]
-        method = cfg.method_for(c.student, c.method)
         tr = add(Node(
-            "train", c.name,
-            {"student": st.model, "method": method.model_dump(exclude={"label"}),
-             "training": cfg.training.model_dump(exclude={"save_steps"}), "fsdp": st.fsdp and method.kind == "full",
-             "decoder_layer": st.decoder_layer, "world_size": c.gpus, "family": families[c.student]},
-            (*built(st.model), derive_ids[(c.teacher, c.data)]), JobSpec("train", c.gpus), c,
+            "train", c.name, train_identity(cfg, c),
+            (*built(cfg.students[c.student].model), derive_ids[(c.teacher, c.data)]), JobSpec("train", c.gpus), c,
         ))
         trains.append(tr)
         ev = cfg.evaluation
