@@ -9,7 +9,9 @@ part of any key, so moving the store or the cluster keeps every key.
 The key is the input: the plan is the one place that resolves a node's
 effective settings (a student's method overrides, the FSDP rule), and a job
 reads them back from the node (`TrainParams.of(node)` for a train node), never
-from the config, so what ran is what was hashed.
+from the config, so what ran is what was hashed. Nodes are ordered by their
+declared dependencies (a topological order, ties kept in the order added);
+the models the study builds itself arrive as data (`model_refs.ModelBuild`).
 
 Stages, in order:
   build (mini-world models only) / prepare -> generate (rejection rounds, in one serving job) -> verify
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import heapq
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -28,7 +31,7 @@ from typing import Any
 
 from .config import CELL_AXES, MethodParams, StudyConfig, TrainingSpec
 from .families import Family
-from .serving import mini_ref
+from .model_refs import model_build
 from .versions import CODE_VERSIONS
 
 STAGES = ("build", "prepare", "generate", "verify", "compress", "judge", "derive", "train", "evaluate", "report")
@@ -224,6 +227,34 @@ def train_identity(cfg: StudyConfig, cell: Cell) -> dict[str, Any]:
             "decoder_layer": st.decoder_layer, "world_size": cell.gpus, "family": family_identity(cfg, cell.student)}
 
 
+def topological(nodes: Mapping[str, Node]) -> dict[str, Node]:
+    """`nodes` in dependency order, each after all its deps; among nodes ready together, the one
+    added first comes first (so an order that is already topological is kept as it is)."""
+    index = {nid: i for i, nid in enumerate(nodes)}
+    waiting: dict[str, int] = {}
+    dependants: dict[str, list[str]] = {nid: [] for nid in nodes}
+    for nid, node in nodes.items():
+        for dep in node.deps:
+            if dep not in nodes:
+                raise ValueError(f"plan: {nid} depends on {dep}, which is not in the plan")
+            dependants[dep].append(nid)
+        waiting[nid] = len(set(node.deps))
+    ready = [index[nid] for nid, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    ids = list(nodes)
+    out: dict[str, Node] = {}
+    while ready:
+        nid = ids[heapq.heappop(ready)]
+        out[nid] = nodes[nid]
+        for child in dict.fromkeys(dependants[nid]):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, index[child])
+    if len(out) != len(nodes):
+        raise ValueError(f"plan: dependency cycle among {', '.join(sorted(set(nodes) - set(out)))}")
+    return out
+
+
 def build_plan(cfg: StudyConfig) -> Plan:
     cells = expand_cells(cfg)
     nodes: dict[str, Node] = {}
@@ -236,18 +267,14 @@ def build_plan(cfg: StudyConfig) -> Plan:
     train_sets = {k: v.model_dump() for k, v in cfg.datasets.items() if v.train_split}
     eval_sets = {k: v.model_dump() for k, v in cfg.datasets.items() if v.eval_split}
     def built(ref: str) -> tuple[str, ...]:
-        """The build node of a locally built mini-world model (its recipe key enters every key downstream)."""
-        mini = mini_ref(ref)
-        if mini is None:
+        """The build node of a model the study builds (its recipe key enters every key downstream),
+        after the builds it starts from (a compressor: the teacher, so the two never race on it)."""
+        b = model_build(ref)
+        if b is None:
             return ()
-        from .miniworld.recipes import model_key
-
-        name = ref.replace(":", ".")
-        prefix = ref.split(":", 1)[0]
-        # compressors start from the teacher's weights: building both at once would race on the teacher
-        after = built(f"{prefix}:teacher") if ref.split(":", 1)[1].startswith("compressor") else ()
-        return (add(Node("build", name, {"ref": ref, "recipe_key": model_key(mini[0], mini[1])}, after,
-                         JobSpec("train", 0), refs={"model": ref})),)
+        node = Node("build", b.name, {"ref": ref, "recipe_key": b.recipe_key},
+                    tuple(d for dep in b.after for d in built(dep)), JobSpec("train", 0), refs={"model": ref})
+        return (add(node),)
 
     pool = add(Node("prepare", "train-pool", {"datasets": train_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
     suite = add(Node("prepare", "eval-suite", {"datasets": eval_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
@@ -321,8 +348,8 @@ def build_plan(cfg: StudyConfig) -> Plan:
     # The report reads loss curves and training times too, so train nodes are its inputs as well.
     add(Node("report", "study", {}, tuple(upstream_leaves + trains + evals), JobSpec("cpu")))
 
-    plan = Plan(cfg, cells, nodes)
-    for nid in nodes:  # insertion order is topological: deps are always added first
+    plan = Plan(cfg, cells, topological(nodes))
+    for nid in plan.nodes:  # deps first: a node's identity holds its upstream keys
         plan.keys[nid] = hash_identity(plan.identity(nid))
     return plan
 
