@@ -207,7 +207,7 @@ def render_axolotl_config(
         if LIGER_PLUGIN in tr.plugins:
             axo.update(dict.fromkeys(LIGER_FLAGS, True))
     if method.kind == "lora":
-        assert method.lora is not None  # guaranteed by MethodSpec's validator
+        assert method.lora is not None  # guaranteed by MethodParams' validator
         axo.update({
             "adapter": "lora",
             "lora_r": method.lora.r,
