@@ -1,7 +1,10 @@
 """Per-cell Axolotl configs (paper appendix H.3), rendered as plain dicts. Pure.
 
-`render_axolotl_config(cfg, cell, dataset_path=..., output_dir=...)` returns the
-YAML mapping for one training cell; `dump_yaml` writes it with a header.
+`render_axolotl_config(node, dataset_path=..., output_dir=...)` returns the
+YAML mapping for one training cell's train node; `dump_yaml` writes it with a header.
+Every hyperparameter comes from the node's identity (`plan.TrainParams`): the values
+its key hashed, the student's method overrides and the FSDP decision already resolved
+there, never recomputed from the study config.
 Targets Axolotl 0.19.0 (`slurm/envs/axolotl-cpu-requirements.txt`).
 
 What every cell gets (H.3): base model, EOT trained per turn, `split_thinking`,
@@ -54,9 +57,8 @@ from typing import Any
 
 import yaml
 
-from .config import StudyConfig
 from .families import quantization_config
-from .plan import Cell
+from .plan import Node, TrainParams
 
 AXOLOTL_VERSION = "0.19.0"
 CCE_PLUGIN = "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin"
@@ -137,23 +139,19 @@ def validate_keys(axo: Mapping[str, Any]) -> None:
         )
 
 
-def uses_fsdp(cfg: StudyConfig, cell: Cell) -> bool:
-    """FSDP2 for full fine-tuning of students marked `fsdp: true` (same rule as the plan's train params)."""
-    return cfg.students[cell.student].fsdp and cfg.method_for(cell.student, cell.method).kind == "full"
-
-
 def render_axolotl_config(
-    cfg: StudyConfig, cell: Cell, *, dataset_path: str | Path, output_dir: str | Path,
+    node: Node, *, dataset_path: str | Path, output_dir: str | Path,
     prepared_dir: str | Path | None = None, base_model: str | None = None,
     overlay: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The Axolotl config for one cell. `overlay` (whitelisted keys only) is merged last."""
-    student = cfg.students[cell.student]
-    method = cfg.method_for(cell.student, cell.method)
-    tr = cfg.training
-    fsdp = uses_fsdp(cfg, cell)
+    """The Axolotl config for one cell's train node, from the node's identity (`TrainParams`).
+    `overlay` (whitelisted keys only) is merged last."""
+    cell = node.cell
+    assert cell is not None  # every train node has its cell
+    train = TrainParams.of(node)
+    method, tr, fsdp, fam = train.method, train.training, train.fsdp, train.family
     where = f"cell {cell.name}"
-    if fsdp and not student.decoder_layer:
+    if fsdp and not train.decoder_layer:
         raise ValueError(f"{where}: students.{cell.student}.decoder_layer is required for FSDP "
                          "(the TRANSFORMER_BASED_WRAP class, e.g. LlamaDecoderLayer)")
     if fsdp and method.optimizer in FSDP2_INCOMPATIBLE_OPTIMIZERS:
@@ -164,11 +162,10 @@ def render_axolotl_config(
             f"students.{cell.student}.method_overrides.{cell.method}.optimizer: {FSDP2_OPTIMIZER_FIX}"
         )
 
-    fam = cfg.family_for(cell.student)
     axo: dict[str, Any] = {
-        "base_model": base_model or student.model,
+        "base_model": base_model or train.student,
         "chat_template": fam.chat_template,
-        **({"chat_template_jinja": fam.template_text()} if fam.template_file else {}),
+        **({"chat_template_jinja": train.template_text} if fam.template_file else {}),
         "eot_tokens": list(fam.eot_tokens),
         **({"special_tokens": dict(fam.special_tokens)} if fam.special_tokens else {}),
         **quantization_config(fam.quantization),
@@ -210,7 +207,7 @@ def render_axolotl_config(
         if LIGER_PLUGIN in tr.plugins:
             axo.update(dict.fromkeys(LIGER_FLAGS, True))
     if method.kind == "lora":
-        assert method.lora is not None  # guaranteed by MethodSpec's validator
+        assert method.lora is not None  # guaranteed by MethodParams' validator
         axo.update({
             "adapter": "lora",
             "lora_r": method.lora.r,
@@ -223,7 +220,7 @@ def render_axolotl_config(
         axo["fsdp_config"] = {
             "fsdp_version": 2,
             "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "transformer_layer_cls_to_wrap": student.decoder_layer,
+            "transformer_layer_cls_to_wrap": train.decoder_layer,
             "reshard_after_forward": True,  # FULL_SHARD in FSDP2 terms
             "activation_checkpointing": method.gradient_checkpointing,
             "state_dict_type": "FULL_STATE_DICT",

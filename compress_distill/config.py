@@ -154,21 +154,27 @@ class LoraSpec(Strict):
     target_modules: list[str]
 
 
-class MethodSpec(Strict):
+class MethodParams(Strict):
+    """A method's hyperparameters without its label: what a train node's key hashes (the plan resolves a
+    student's overrides into them) and what a trainer reads back from the node, never from the config."""
+
     kind: Literal["lora", "full"]
-    label: str
     learning_rate: float = Field(gt=0, lt=1)
     optimizer: str
     gradient_checkpointing: bool = True
     lora: LoraSpec | None = None
 
     @model_validator(mode="after")
-    def _lora_iff_kind(self) -> MethodSpec:
+    def _lora_iff_kind(self) -> MethodParams:
         if self.kind == "lora" and self.lora is None:
             raise ValueError("kind 'lora' needs a 'lora' block (r, alpha, dropout, target_modules)")
         if self.kind == "full" and self.lora is not None:
             raise ValueError("kind 'full' must not have a 'lora' block")
         return self
+
+
+class MethodSpec(MethodParams):
+    label: str
 
 
 class TrainingSpec(Strict):
@@ -474,7 +480,8 @@ class StudyConfig(Strict):
                               quantization=st.quantization)
 
     def method_for(self, student: str, method: str) -> MethodSpec:
-        """The method as it applies to one student, overrides folded in."""
+        """The method as it applies to one student, overrides folded in. Only the plan calls this: it
+        hashes the result into the train node, and every trainer reads it back from there."""
         base = self.methods[method]
         override = self.students[student].method_overrides.get(method)
         if override is None:

@@ -6,6 +6,13 @@ key hashes exactly: stage, the stage's code version, `params` and the
 upstream keys. Paths, hostnames, partitions, time limits and labels are not
 part of any key, so moving the store or the cluster keeps every key.
 
+The key is the input: the plan is the one place that resolves a node's
+effective settings (a student's method overrides, the FSDP rule), and a job
+reads them back from the node (`TrainParams.of(node)` for a train node), never
+from the config, so what ran is what was hashed. Nodes are ordered by their
+declared dependencies (a topological order, ties kept in the order added);
+the models the study builds itself arrive as data (`model_refs.ModelBuild`).
+
 Stages, in order:
   build (mini-world models only) / prepare -> generate (rejection rounds, in one serving job) -> verify
   -> compress -> judge (optional) -> derive (training sets per source)
@@ -16,13 +23,15 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import heapq
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .config import CELL_AXES, StudyConfig
-from .serving import mini_ref
+from .config import CELL_AXES, MethodParams, StudyConfig, TrainingSpec
+from .families import Family
+from .model_refs import model_build
 from .versions import CODE_VERSIONS
 
 STAGES = ("build", "prepare", "generate", "verify", "compress", "judge", "derive", "train", "evaluate", "report")
@@ -72,6 +81,48 @@ class Node:
         return f"{self.stage}/{self.name}"
 
 
+@dataclass(frozen=True)
+class TrainParams:
+    """A train node's identity, typed: the values its key hashed, which every trainer reads.
+
+    Built from the node's JSON identity (`of`), so a trainer sees exactly what was hashed: the
+    method with the student's overrides folded in, the shared training settings (without
+    `save_steps`, which is not identity: read it from the config), the FSDP decision, and the
+    student's model family with its template text."""
+
+    student: str  # the student's model ref
+    method: MethodParams
+    training: TrainingSpec
+    fsdp: bool
+    decoder_layer: str | None
+    world_size: int
+    family: Family
+    template_text: str | None
+
+    @classmethod
+    def of(cls, node: Node) -> TrainParams:
+        if node.stage != "train":
+            raise ValueError(f"{node.id}: not a train node")
+        p = _jsonable(node.params)
+        fam = dict(p["family"])
+        text = fam.pop("template_text")
+        family = Family(**{k: _tuples(v) for k, v in fam.items()})
+        return cls(student=p["student"], method=MethodParams.model_validate(p["method"]),
+                   training=TrainingSpec.model_validate(p["training"]), fsdp=p["fsdp"],
+                   decoder_layer=p["decoder_layer"], world_size=p["world_size"], family=family,
+                   template_text=text)
+
+    @property
+    def lora_rank(self) -> int | None:
+        """The adapter rank of a LoRA cell (what serving its checkpoint needs); None for full fine-tuning."""
+        return self.method.lora.r if self.method.lora is not None else None
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples a frozen Family holds (eot_tokens, special_tokens pairs)."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 @dataclass
 class Plan:
     config: StudyConfig
@@ -92,6 +143,10 @@ class Plan:
             "params": _jsonable(node.params),
             "upstream": {dep: self.keys[dep] for dep in node.deps},
         }
+
+    def train_params(self, cell: Cell) -> TrainParams:
+        """The resolved training settings of a cell, read from its train node."""
+        return TrainParams.of(self.nodes[f"train/{cell.name}"])
 
     def dependants(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {nid: [] for nid in self.nodes}
@@ -159,6 +214,47 @@ def _serving_identity(cfg: StudyConfig, model: str, sampling: Any, serve: Any) -
             "engine": engine(cfg, serve)}
 
 
+def train_identity(cfg: StudyConfig, cell: Cell) -> dict[str, Any]:
+    """A train node's identity: the one place a cell's effective hyperparameters are resolved (the
+    student's method overrides folded in) and the FSDP rule is applied. Trainers read these values
+    back from the node (`TrainParams.of`)."""
+    st = cfg.students[cell.student]
+    method = cfg.method_for(cell.student, cell.method)
+    return {"student": st.model, "method": method.model_dump(exclude={"label"}),
+            "training": cfg.training.model_dump(exclude={"save_steps"}),
+            # FSDP2 for full fine-tuning of students marked `fsdp: true` (H.3); LoRA runs use DDP
+            "fsdp": st.fsdp and method.kind == "full",
+            "decoder_layer": st.decoder_layer, "world_size": cell.gpus, "family": family_identity(cfg, cell.student)}
+
+
+def topological(nodes: Mapping[str, Node]) -> dict[str, Node]:
+    """`nodes` in dependency order, each after all its deps; among nodes ready together, the one
+    added first comes first (so an order that is already topological is kept as it is)."""
+    index = {nid: i for i, nid in enumerate(nodes)}
+    waiting: dict[str, int] = {}
+    dependants: dict[str, list[str]] = {nid: [] for nid in nodes}
+    for nid, node in nodes.items():
+        for dep in node.deps:
+            if dep not in nodes:
+                raise ValueError(f"plan: {nid} depends on {dep}, which is not in the plan")
+            dependants[dep].append(nid)
+        waiting[nid] = len(set(node.deps))
+    ready = [index[nid] for nid, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    ids = list(nodes)
+    out: dict[str, Node] = {}
+    while ready:
+        nid = ids[heapq.heappop(ready)]
+        out[nid] = nodes[nid]
+        for child in dict.fromkeys(dependants[nid]):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                heapq.heappush(ready, index[child])
+    if len(out) != len(nodes):
+        raise ValueError(f"plan: dependency cycle among {', '.join(sorted(set(nodes) - set(out)))}")
+    return out
+
+
 def build_plan(cfg: StudyConfig) -> Plan:
     cells = expand_cells(cfg)
     nodes: dict[str, Node] = {}
@@ -171,18 +267,14 @@ def build_plan(cfg: StudyConfig) -> Plan:
     train_sets = {k: v.model_dump() for k, v in cfg.datasets.items() if v.train_split}
     eval_sets = {k: v.model_dump() for k, v in cfg.datasets.items() if v.eval_split}
     def built(ref: str) -> tuple[str, ...]:
-        """The build node of a locally built mini-world model (its recipe key enters every key downstream)."""
-        mini = mini_ref(ref)
-        if mini is None:
+        """The build node of a model the study builds (its recipe key enters every key downstream),
+        after the builds it starts from (a compressor: the teacher, so the two never race on it)."""
+        b = model_build(ref)
+        if b is None:
             return ()
-        from .miniworld.recipes import model_key
-
-        name = ref.replace(":", ".")
-        prefix = ref.split(":", 1)[0]
-        # compressors start from the teacher's weights: building both at once would race on the teacher
-        after = built(f"{prefix}:teacher") if ref.split(":", 1)[1].startswith("compressor") else ()
-        return (add(Node("build", name, {"ref": ref, "recipe_key": model_key(mini[0], mini[1])}, after,
-                         JobSpec("train", 0), refs={"model": ref})),)
+        node = Node("build", b.name, {"ref": ref, "recipe_key": b.recipe_key},
+                    tuple(d for dep in b.after for d in built(dep)), JobSpec("train", 0), refs={"model": ref})
+        return (add(node),)
 
     pool = add(Node("prepare", "train-pool", {"datasets": train_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
     suite = add(Node("prepare", "eval-suite", {"datasets": eval_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
@@ -240,16 +332,10 @@ def build_plan(cfg: StudyConfig) -> Plan:
 
     evals: list[str] = []
     trains: list[str] = []
-    families = {name: family_identity(cfg, name) for name in dict.fromkeys(c.student for c in cells)}
     for c in cells:
-        st = cfg.students[c.student]
-        method = cfg.method_for(c.student, c.method)
         tr = add(Node(
-            "train", c.name,
-            {"student": st.model, "method": method.model_dump(exclude={"label"}),
-             "training": cfg.training.model_dump(exclude={"save_steps"}), "fsdp": st.fsdp and method.kind == "full",
-             "decoder_layer": st.decoder_layer, "world_size": c.gpus, "family": families[c.student]},
-            (*built(st.model), derive_ids[(c.teacher, c.data)]), JobSpec("train", c.gpus), c,
+            "train", c.name, train_identity(cfg, c),
+            (*built(cfg.students[c.student].model), derive_ids[(c.teacher, c.data)]), JobSpec("train", c.gpus), c,
         ))
         trains.append(tr)
         ev = cfg.evaluation
@@ -262,8 +348,8 @@ def build_plan(cfg: StudyConfig) -> Plan:
     # The report reads loss curves and training times too, so train nodes are its inputs as well.
     add(Node("report", "study", {}, tuple(upstream_leaves + trains + evals), JobSpec("cpu")))
 
-    plan = Plan(cfg, cells, nodes)
-    for nid in nodes:  # insertion order is topological: deps are always added first
+    plan = Plan(cfg, cells, topological(nodes))
+    for nid in plan.nodes:  # deps first: a node's identity holds its upstream keys
         plan.keys[nid] = hash_identity(plan.identity(nid))
     return plan
 

@@ -225,14 +225,15 @@ def check_labels(cfg: StudyConfig, workdir: Path) -> list[Row]:
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(r) + "\n" for r in sample_rows()))
     rows = []
+    plan = build_plan(cfg)
     for student, cell in student_cells(cfg).items():
         model_dir = local_model_dir(cfg, cfg.students[student].model)
         if model_dir is None:
             rows.append(Row("labels", student, "SKIP", "weights not here (see the weights rows)"))
             continue
         out = workdir / "labels" / student
-        axo = cpu_overlay(render_axolotl_config(cfg, cell, dataset_path=data, output_dir=out,
-                                                base_model=str(model_dir)))
+        train = plan.nodes[f"train/{cell.name}"]
+        axo = cpu_overlay(render_axolotl_config(train, dataset_path=data, output_dir=out, base_model=str(model_dir)))
         axo.update(val_set_size=0.0, dataset_processes=1)
         path = out / "axolotl.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ import yaml
 from .axolotl_config import AXOLOTL_VERSION, cpu_overlay, dump_yaml, render_axolotl_config
 from .config import StudyConfig, load_config
 from .jobscripts import payload_argv, served_model
-from .plan import Node, build_plan
+from .plan import Node, TrainParams, build_plan
 from .sbatch import render_eval_job, render_train_job, render_vllm_job
 from .store import ArtifactStore
 
@@ -101,7 +101,7 @@ def render_study(
         dataset = root / "derive" / f"{derive_id.split('/', 1)[1]}-{plan.keys[derive_id]}" / "train.jsonl"
         tag = f"{cell.name}-{plan.keys[train.id]}"
         work = store.work_dir("train", cell.name, plan.keys[train.id])
-        axo = render_axolotl_config(cfg, cell, dataset_path=dataset, output_dir=work)
+        axo = render_axolotl_config(train, dataset_path=dataset, output_dir=work)
         if cpu:
             axo = cpu_overlay(axo)
         header = (f"Axolotl {AXOLOTL_VERSION} config for cell {cell.name} ({cell.gpus} GPU)\n"
@@ -116,7 +116,7 @@ def render_study(
         write(f"{cell_dir}/eval.sbatch", render_eval_job(
             cfg, cell, job_name=f"cd-eval-{cell.name}", checkpoint=work, client_argv=argv_for(evaluate, snapshot),
             workdir=root, log_path=logs / "evaluate" / f"{cell.name}-{plan.keys[evaluate.id]}.%j.log",
-            overrides=overrides,
+            overrides=overrides, lora_rank=TrainParams.of(train).lora_rank,
         ))
         manifest.append({"cell": cell.name, "gpus": cell.gpus, "axolotl_config": f"{cell_dir}/axolotl.yaml",
                          "train_script": f"{cell_dir}/train.sbatch", "eval_script": f"{cell_dir}/eval.sbatch",

@@ -274,11 +274,12 @@ def render_eval_job(
     cfg: StudyConfig, cell: Cell, *, job_name: str, checkpoint: str | Path, client_argv: Sequence[str],
     workdir: str | Path, log_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
     template_dir: Path | None = None, server: str = "vllm", cpu_server_argv: Sequence[str] = (),
-    log_dir: str | Path | None = None, merged: bool = False, header: bool = True,
+    log_dir: str | Path | None = None, merged: bool = False, header: bool = True, lora_rank: int | None = None,
 ) -> str:
     """Serve one trained checkpoint with vLLM (greedy, the evaluation token cap) and run the eval client.
 
-    The client always asks for the model `student` (CD_SERVED_MODEL). A LoRA cell
+    The client always asks for the model `student` (CD_SERVED_MODEL). A LoRA cell (`lora_rank`: its
+    adapter rank, read from its train node, `Plan.train_params(cell).lora_rank`)
     serves the base model with the adapter attached under that name
     (`--enable-lora`), so no merge step is needed. `merged=True` (the CPU trainer
     saves LoRA merged into the weights) and `server="cpu"` serve the checkpoint itself.
@@ -286,9 +287,8 @@ def render_eval_job(
     sampling defaults (top_k, repetition_penalty) to what should be plain greedy decoding.
     """
     ev = cfg.evaluation
-    method = cfg.method_for(cell.student, cell.method)
     student = cfg.students[cell.student]
-    lora_rank = method.lora.r if method.lora and not merged and server == "vllm" else None
+    lora_rank = lora_rank if not merged and server == "vllm" else None
     # The family's serve flags (Qwen3.5: --language-model-only). A LoRA adapter is served on its base
     # model with the tokenizer Axolotl saved beside it: that one carries the chat template the cell
     # trained with (a Llama-3.1 base tokenizer has none).

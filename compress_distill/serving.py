@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .model_refs import mini_ref
+
 SERVER_URL_ENV = "CD_SERVER_URL"
 SERVED_MODEL_ENV = "CD_SERVED_MODEL"
 API_KEY_ENV = "COMPRESS_DISTILL_API_KEY"  # the NAME of the variable is configuration; its value never is
@@ -27,16 +29,7 @@ class Endpoint:
     local_dir: Path | None = None  # set when the model is a local directory (tokenizer available here)
 
 
-MINI_PREFIXES = {"mini:": False, "mini-quick:": True}  # ref prefix -> quick (CI-sized) recipes
 QUICK_ROOT = Path(__file__).resolve().parents[1] / "models" / "mini-quick"  # built on demand, not shipped
-
-
-def mini_ref(ref: str) -> tuple[str, bool] | None:
-    """`mini:teacher` -> ("mini:teacher", False); `mini-quick:teacher` -> ("mini:teacher", True)."""
-    for prefix, quick in MINI_PREFIXES.items():
-        if ref.startswith(prefix):
-            return "mini:" + ref[len(prefix):], quick
-    return None
 
 
 def mini_root(quick: bool) -> Path:

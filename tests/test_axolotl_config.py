@@ -37,8 +37,15 @@ def cells(paper):
     return {c.name: c for c in build_plan(paper).cells}
 
 
+_PLANS: dict[int, tuple[object, object]] = {}  # id(config) -> (config, plan): one plan per config
+
+
 def render(cfg, cell, **kw):
-    return render_axolotl_config(cfg, cell, dataset_path="/data/train.jsonl", output_dir="/out/run", **kw)
+    """The cell's train node of `cfg`'s plan, rendered (the config resolved once, by the plan)."""
+    if id(cfg) not in _PLANS:
+        _PLANS[id(cfg)] = (cfg, build_plan(cfg))  # holding cfg keeps its id from being reused
+    node = _PLANS[id(cfg)][1].nodes[f"train/{cell.name}"]
+    return render_axolotl_config(node, dataset_path="/data/train.jsonl", output_dir="/out/run", **kw)
 
 
 COMMON = {

@@ -44,8 +44,10 @@ def _mini_ci(**training: Any) -> dict[str, Any]:
 
 
 def _cell(data: dict[str, Any], method: str) -> tuple[Any, Any]:
+    """(config, the train node of its first `method` cell)."""
     cfg = parse_config(data, "<test>")
-    return cfg, next(c for c in build_plan(cfg).cells if c.method == method)
+    plan = build_plan(cfg)
+    return cfg, next(plan.nodes[f"train/{c.name}"] for c in plan.cells if c.method == method)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -57,7 +59,7 @@ def test_cpu_overlay_only_without_gpus(method: str, tmp_path: Path) -> None:
     cfg, cell = _cell(data, method)
     kw: dict[str, Any] = {"dataset": tmp_path / "train.jsonl", "output_dir": tmp_path / "out", "base_model": "m"}
     gpu = ab.cell_config(cfg, cell, gpus=1, **kw)
-    assert gpu == render_axolotl_config(cfg, cell, dataset_path=kw["dataset"], output_dir=kw["output_dir"],
+    assert gpu == render_axolotl_config(cell, dataset_path=kw["dataset"], output_dir=kw["output_dir"],
                                         base_model="m")  # on GPUs: the cluster's config, untouched
     cpu = ab.cell_config(cfg, cell, gpus=0, **kw)
     validate_keys(cpu)

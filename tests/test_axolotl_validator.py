@@ -119,11 +119,12 @@ def test_trace_drop_is_caught_before_training(tmp_path):
                            timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     cfg = load_config(ROOT / "configs" / "mini.yaml")
-    cell = next(c for c in build_plan(cfg).cells if c.method == "lora")
+    plan = build_plan(cfg)
+    node = next(plan.nodes[f"train/{c.name}"] for c in plan.cells if c.method == "lora")
     configs = {}
     for model, split in (("plain", True), ("plain", False), ("reasoning", True)):
         axo = cpu_overlay(render_axolotl_config(
-            cfg, cell, dataset_path=tmp_path / "train.jsonl", output_dir=tmp_path / f"out-{model}-{split}",
+            node, dataset_path=tmp_path / "train.jsonl", output_dir=tmp_path / f"out-{model}-{split}",
             base_model=str(tmp_path / model)))
         axo["datasets"][0]["split_thinking"] = split
         configs[(model, split)] = tmp_path / f"{model}-{split}.yaml"

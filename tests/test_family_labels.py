@@ -57,9 +57,9 @@ def configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     rows = root / "train.jsonl"
     _write_rows(rows)
     cfg = parse_config(yaml.safe_load((CONFIGS / "paper.yaml").read_text()), CONFIGS / "paper.yaml")
-    cells = {c.name: c for c in build_plan(cfg).cells}
+    plan = build_plan(cfg)
     base = {fam: render_axolotl_config(
-        cfg, cells[f"qwen3.5-397b.{student}.full.raw"], dataset_path=rows, output_dir=root / "out" / fam,
+        plan.nodes[f"train/qwen3.5-397b.{student}.full.raw"], dataset_path=rows, output_dir=root / "out" / fam,
         base_model=str(standin_model(fam, root / "models" / fam))) for fam, student in STUDENTS.items()}
 
     def write(name: str, family: str, **changes: Any) -> Path:

@@ -165,3 +165,53 @@ def test_plan_cli_table_and_bad_config(tmp_path: Path) -> None:
     bad.write_text("name: [\n")
     r = CliRunner().invoke(app, ["plan", str(bad)])
     assert r.exit_code == 2 and "malformed YAML" in r.output
+
+
+def test_plan_imports_no_serving_or_miniworld() -> None:
+    """plan.py is pure: the models the study builds reach it as data (model_refs), not via serving/miniworld."""
+    import ast
+
+    tree = ast.parse((REPO / "compress_distill" / "plan.py").read_text())
+    local = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            local.add(node.module or "")
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            assert not any("compress_distill" in (a.name or "") for a in node.names)
+            assert "compress_distill" not in (getattr(node, "module", "") or "")
+    assert local == {"config", "families", "model_refs", "versions"}
+
+
+def test_build_nodes_follow_declared_dependencies() -> None:
+    """A compressor's build starts from the teacher's (its recipe says so); the order is the deps', not names'."""
+    from compress_distill.model_refs import model_build
+
+    cfg = parse_config(yaml.safe_load((CONFIGS / "mini-ci.yaml").read_text()))
+    plan = build_plan(cfg)
+    order = list(plan.nodes)
+    builds = [model_build(n.params["ref"]) for n in plan.nodes.values() if n.stage == "build"]
+    assert len(builds) == 4  # teacher, two compressors, the student
+    for b in builds:
+        assert b is not None
+        node = plan.nodes[f"build/{b.name}"]
+        assert node.params == {"ref": b.ref, "recipe_key": b.recipe_key}
+        assert node.deps == tuple(f"build/{a.replace(':', '.')}" for a in b.after)
+        assert all(order.index(d) < order.index(node.id) for d in node.deps)
+    compressors = [b for b in builds if b is not None and b.after]
+    assert len(compressors) == 2 and all(b.after == ("mini-quick:teacher",) for b in compressors)
+
+
+def test_topological_order_is_stable_and_rejects_cycles() -> None:
+    from compress_distill.plan import JobSpec, Node, topological
+
+    def n(name: str, *deps: str) -> Node:
+        return Node("prepare", name, {}, tuple(f"prepare/{d}" for d in deps), JobSpec("cpu"))
+
+    nodes = {x.id: x for x in (n("c", "b"), n("a"), n("b", "a"), n("d"))}
+    assert list(topological(nodes)) == ["prepare/a", "prepare/b", "prepare/c", "prepare/d"]
+    ordered = {x.id: x for x in (n("a"), n("d"), n("b", "a"), n("c", "b"))}
+    assert list(topological(ordered)) == list(ordered)  # already topological: kept as it is
+    with pytest.raises(ValueError, match="cycle"):
+        topological({x.id: x for x in (n("a", "b"), n("b", "a"), n("c"))})
+    with pytest.raises(ValueError, match="not in the plan"):
+        topological({x.id: x for x in (n("a", "zz"),)})

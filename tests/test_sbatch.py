@@ -366,8 +366,9 @@ def test_eval_job_lora_serves_adapter_greedy(here, cells, fakes, tmp_path):
     ckpt = tmp_path / f"ckpt {inj['subst']}"
     ckpt.mkdir(parents=True)
     cell = cells["qwen3.5-397b.qwen3.5-9b.lora.raw"]
+    rank = build_plan(here).train_params(cell).lora_rank  # the adapter rank its train node hashed
     text = render_eval_job(here, cell, job_name="e", checkpoint=ckpt, workdir=tmp_path,
-                           client_argv=[str(tmp_path / "bin" / "client"), inj["quote"]])
+                           client_argv=[str(tmp_path / "bin" / "client"), inj["quote"]], lora_rank=rank)
     proc = run_script(text, tmp_path, fakes)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_inert(tmp_path)

@@ -158,6 +158,13 @@ def model_key(ref: str, quick: bool = False) -> str:
     return recipe_key(default_recipes(quick)[parse_ref(ref)])
 
 
+def starts_from(ref: str, quick: bool = False) -> tuple[str, ...]:
+    """The refs whose built weights the build of `ref` reads: a compressor's recipe names the teacher
+    it is initialised from, so the teacher is built first (two builds of it at once would race)."""
+    recipe = default_recipes(quick)[parse_ref(ref)]
+    return (REF_PREFIX + "teacher",) if isinstance(recipe, CompressorRecipe) else ()
+
+
 def resolve_model(ref: str, root: Path | str = DEFAULT_ROOT, quick: bool = False) -> Path:
     """The directory holding the model built from the CURRENT recipe of `ref` (e.g. 'mini:teacher')."""
     name = parse_ref(ref)

@@ -5,6 +5,10 @@
 the cluster's config as is where the job has GPUs, with the CPU overlay where it has none.
 Either way checkpoints and the loss log live in the node's work dir, so a killed job
 resumes; the final model, `loss.parquet` and `train_result.json` are published.
+
+The hyperparameters come from the node's identity (`TrainParams.of(ctx.node)`: the method
+with the student's overrides folded in, the FSDP decision, the family), i.e. the values
+its key hashed; the config gives only what is not identity (environments, `save_steps`).
 """
 
 from __future__ import annotations
@@ -13,27 +17,25 @@ import os
 import shutil
 from pathlib import Path
 
+from ..plan import TrainParams
 from ..serving import mini_ref, resolve_model_dir
 from . import StageContext, StageResult
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
-    cell = ctx.node.cell
-    assert cell is not None
-    if cfg.training.backend == "axolotl":
+    train = TrainParams.of(ctx.node)
+    if train.training.backend == "axolotl":
         from ..training.axolotl_backend import train_cell
 
-        result = train_cell(cfg, cell, ctx.input("derive") / "train.jsonl", ctx.work,
-                            base_model=_base_model(cfg.students[cell.student].model))
+        result = train_cell(cfg, ctx.node, ctx.input("derive") / "train.jsonl", ctx.work,
+                            base_model=_base_model(train.student))
     else:
         from ..training.trl_backend import train_student
 
-        method = cfg.method_for(cell.student, cell.method)
         threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
-        result = train_student(resolve_model_dir(cfg.students[cell.student].model),
-                               ctx.input("derive") / "train.parquet", ctx.work, method, cfg.training,
-                               threads=threads, max_steps=cfg.training.max_steps,
+        result = train_student(resolve_model_dir(train.student), ctx.input("derive") / "train.parquet", ctx.work,
+                               train.method, train.training, threads=threads, max_steps=train.training.max_steps,
                                save_steps=cfg.training.save_steps)
     for name in ("model", "loss.parquet", "train_result.json"):
         src = ctx.work / name

@@ -1,7 +1,7 @@
 """Train one student cell with Axolotl 0.19, in its own environment, as a subprocess.
 
 The cell's config is the one the cluster renders (`axolotl_config.render_axolotl_config`,
-one code path). Only a profile with `cluster.device: cpu` (the mini world, the dev
+one code path), from the train node's identity: the hyperparameters its key hashed. Only a profile with `cluster.device: cpu` (the mini world, the dev
 cluster's fake GPUs) trains with `cpu_overlay` plus `CPU_RUN` below; on a `device: gpu`
 profile a job whose Axolotl env sees fewer GPUs than the cell asks for fails at once,
 never falling back to the CPU. `axolotl.cli.train` runs from the profile's Axolotl env
@@ -42,7 +42,7 @@ import pyarrow.ipc as ipc
 from compress_distill.axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
 from compress_distill.config import StudyConfig
 from compress_distill.envs import env_dir
-from compress_distill.plan import Cell
+from compress_distill.plan import Node, TrainParams
 from compress_distill.store import atomic_write_text, write_parquet
 from compress_distill.training.data import count_label_tokens
 from compress_distill.training.loss_log import LOSS_FILE, SCHEMA
@@ -96,10 +96,11 @@ def train_gpus(cfg: StudyConfig, env: Path, want: int) -> int:
     return want
 
 
-def cell_config(cfg: StudyConfig, cell: Cell, *, dataset: Path, output_dir: Path, base_model: str,
+def cell_config(cfg: StudyConfig, node: Node, *, dataset: Path, output_dir: Path, base_model: str,
                 gpus: int) -> dict[str, Any]:
-    """The cluster's config for the cell, with the CPU overlay when there is no GPU. Pure."""
-    axo = render_axolotl_config(cfg, cell, dataset_path=dataset, output_dir=output_dir, base_model=base_model)
+    """The cluster's config for the cell's train node, with the CPU overlay when there is no GPU. Pure.
+    `cfg` gives only what is not identity: how often a CPU run checkpoints (`training.save_steps`)."""
+    axo = render_axolotl_config(node, dataset_path=dataset, output_dir=output_dir, base_model=base_model)
     if gpus:
         return axo
     axo = {k: v for k, v in cpu_overlay(axo).items() if k != "saves_per_epoch"}
@@ -266,15 +267,16 @@ def publish_model(out: Path, base_model: str, dest: Path) -> None:
     tmp.rename(dest)
 
 
-def train_cell(cfg: StudyConfig, cell: Cell, train_jsonl: Path, work: Path, *, base_model: str) -> TrainResult:
-    """Train `cell` on `train_jsonl` with Axolotl; write model/, loss.parquet and train_result.json to `work`."""
+def train_cell(cfg: StudyConfig, node: Node, train_jsonl: Path, work: Path, *, base_model: str) -> TrainResult:
+    """Train the cell of train node `node` on `train_jsonl` with Axolotl; write model/, loss.parquet and
+    train_result.json to `work`. Hyperparameters come from the node's identity; `cfg` gives the env."""
     env = axolotl_env(cfg)
     work.mkdir(parents=True, exist_ok=True)
     out = work / OUTPUT_DIR
-    gpus = train_gpus(cfg, env, cell.gpus)
-    axo = cell_config(cfg, cell, dataset=train_jsonl, output_dir=out, base_model=base_model, gpus=gpus)
+    gpus = train_gpus(cfg, env, TrainParams.of(node).world_size)
+    axo = cell_config(cfg, node, dataset=train_jsonl, output_dir=out, base_model=base_model, gpus=gpus)
     config_path = work / CONFIG_FILE
-    atomic_write_text(config_path, dump_yaml(axo, f"cell {cell.name}: {'GPU' if gpus else 'CPU overlay'}"))
+    atomic_write_text(config_path, dump_yaml(axo, f"cell {node.name}: {'GPU' if gpus else 'CPU overlay'}"))
     resumed = _checkpoints(out)
     resumed_from = int(resumed[-1].name.rsplit("-", 1)[-1]) if resumed else 0
     run_axolotl(config_path, out, work, env, gpus=gpus, logging_steps=int(axo["logging_steps"]))

@@ -1,8 +1,10 @@
 """Train one student cell with TRL's SFTTrainer on CPU: the embedded backend of the mini world.
 
 One call trains one cell: assistant-only loss (the chat template's `{% generation %}`
-markers), LoRA or full fine-tuning from the MethodSpec, schedule and batch shape from
-the TrainingSpec, fp32 on `threads` CPU threads. Outputs in `out_dir`:
+markers), LoRA or full fine-tuning from the method (`MethodParams`: the train node's
+resolved method), schedule and batch shape from the TrainingSpec, fp32 on `threads` CPU
+threads. `training_arguments` and `lora_arguments` are the pure mapping from those specs
+to TRL's arguments. Outputs in `out_dir`:
 
 - `model/`: a plain model dir (LoRA merged into the weights) plus tokenizer, so
   evaluation loads every cell the same way;
@@ -44,7 +46,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from compress_distill.config import MethodSpec, TrainingSpec
+from compress_distill.config import MethodParams, TrainingSpec
 from compress_distill.store import atomic_write_text
 from compress_distill.training.data import count_label_tokens, read_chats
 from compress_distill.training.loss_log import LOSS_FILE, LossLogger
@@ -95,25 +97,35 @@ def _note_ignored(training: TrainingSpec) -> None:
         log.info("val_set_size=%s ignored: the TRL backend trains on the whole set", training.val_set_size)
 
 
-def _lora_config(method: MethodSpec) -> Any:
+def lora_arguments(method: MethodParams) -> dict[str, Any] | None:
+    """peft's LoraConfig arguments for a LoRA method; None for full fine-tuning. Pure."""
+    if method.kind != "lora":
+        return None
+    assert method.lora is not None  # MethodParams guarantees it for kind 'lora'
+    return {"r": method.lora.r, "lora_alpha": method.lora.alpha, "lora_dropout": method.lora.dropout,
+            "target_modules": list(method.lora.target_modules), "task_type": "CAUSAL_LM", "bias": "none"}
+
+
+def _lora_config(method: MethodParams) -> Any:
     from peft import LoraConfig
 
-    assert method.lora is not None  # MethodSpec guarantees it for kind 'lora'
-    return LoraConfig(r=method.lora.r, lora_alpha=method.lora.alpha, lora_dropout=method.lora.dropout,
-                      target_modules=list(method.lora.target_modules), task_type="CAUSAL_LM", bias="none")
+    kwargs = lora_arguments(method)
+    return LoraConfig(**kwargs) if kwargs is not None else None
 
 
-def _sft_config(out_dir: Path, method: MethodSpec, training: TrainingSpec, *, max_steps: int | None,
-                save_steps: int | None, seed: int) -> Any:
-    from trl import SFTConfig
-
-    return SFTConfig(
+def training_arguments(out_dir: Path, method: MethodParams, training: TrainingSpec, *, max_steps: int | None = None,
+                       save_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The SFTConfig arguments of one run, as `prepare_run` builds them (the same arguments): `max_steps`
+    None takes TrainingSpec.max_steps, `seed` is an offset on TrainingSpec.seed. Pure."""
+    steps_cap = max_steps if max_steps is not None else training.max_steps
+    seed = training.seed + seed
+    return dict(
         output_dir=str(out_dir / CHECKPOINT_DIR),
         use_cpu=True, bf16=False, fp16=False,
         per_device_train_batch_size=training.micro_batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
         num_train_epochs=training.num_epochs,
-        max_steps=max_steps if max_steps is not None else -1,
+        max_steps=steps_cap if steps_cap is not None else -1,
         learning_rate=method.learning_rate,
         lr_scheduler_type=training.lr_scheduler,
         warmup_steps=training.warmup_ratio,  # a float < 1 is a ratio in transformers 5
@@ -132,6 +144,15 @@ def _sft_config(out_dir: Path, method: MethodSpec, training: TrainingSpec, *, ma
         report_to="none", disable_tqdm=True,
         dataloader_pin_memory=False,
     )
+
+
+def _sft_config(out_dir: Path, method: MethodParams, training: TrainingSpec, *, max_steps: int | None,
+                save_steps: int | None, seed: int) -> Any:
+    """TRL's SFTConfig from `training_arguments` (same meaning of `max_steps` and `seed`)."""
+    from trl import SFTConfig
+
+    return SFTConfig(**training_arguments(out_dir, method, training, max_steps=max_steps, save_steps=save_steps,
+                                          seed=seed))
 
 
 def _check_template(tokenizer: Any, model_dir: Path) -> None:
@@ -175,7 +196,7 @@ class PreparedRun:
     params_total: int  # the student's own parameters (LoRA adapters not counted)
 
 
-def prepare_run(model_dir: Path, train_parquet: Path, out_dir: Path, method: MethodSpec, training: TrainingSpec,
+def prepare_run(model_dir: Path, train_parquet: Path, out_dir: Path, method: MethodParams, training: TrainingSpec,
                 *, max_steps: int | None = None, seed: int = 0, save_steps: int | None = None,
                 callbacks: list[TrainerCallback] | None = None) -> PreparedRun:
     """Load the student, tokenise the set (labels -100 outside assistant turns) and build the SFTTrainer."""
@@ -189,13 +210,12 @@ def prepare_run(model_dir: Path, train_parquet: Path, out_dir: Path, method: Met
                                                                   attn_implementation="sdpa")
     params_total = sum(p.numel() for p in model.parameters())  # before PEFT injects adapters in place
     steps_cap = max_steps if max_steps is not None else training.max_steps
-    args = _sft_config(out_dir, method, training, max_steps=steps_cap, save_steps=save_steps,
-                       seed=training.seed + seed)
+    args = _sft_config(out_dir, method, training, max_steps=max_steps, save_steps=save_steps, seed=seed)
     resume_ckpt, resume_step = _resume_point(out_dir / CHECKPOINT_DIR)
     logger = LossLogger(out_dir / LOSS_FILE, resume_step=resume_step, total_steps=steps_cap)
     dataset = Dataset.from_dict({"messages": read_chats(train_parquet)})
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=_lora_config(method) if method.kind == "lora" else None,
+                         peft_config=_lora_config(method),
                          callbacks=[logger, *(callbacks or [])])
     # Progress goes through `logging` (LossLogger), not tqdm bars or per-step prints.
     trainer.remove_callback(PrinterCallback)
@@ -203,7 +223,7 @@ def prepare_run(model_dir: Path, train_parquet: Path, out_dir: Path, method: Met
     return PreparedRun(trainer, tokenizer, logger, resume_ckpt, resume_step, params_total)
 
 
-def train_student(model_dir: Path, train_parquet: Path, out_dir: Path, method: MethodSpec,
+def train_student(model_dir: Path, train_parquet: Path, out_dir: Path, method: MethodParams,
                   training: TrainingSpec, *, threads: int = 1, max_steps: int | None = None, seed: int = 0,
                   save_steps: int | None = None, callbacks: list[TrainerCallback] | None = None) -> TrainResult:
     """Train the student in `model_dir` on `train_parquet`; write model, loss curve and result to `out_dir`.
