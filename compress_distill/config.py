@@ -350,6 +350,14 @@ class ClusterProfile(Strict):
     # how a GPU request is written: --gpus-per-node=N or --gres=gpu[:type]:N
     gpu_request: Literal["gpus-per-node", "gres"] = "gpus-per-node"
     max_concurrent_gpu_jobs: int | None = Field(None, ge=1)
+    # Slurm jobs are submitted --requeue: Slurm reruns a job whose node failed (same job id), and
+    # the USR1 near the time limit requeues a job to resume. False: --no-requeue (a site that
+    # forbids it); then the job watcher's resubmission is the only retry (backends/watch.py).
+    requeue: bool = True
+    # Submit-ahead (Slurm only): each cycle the flow's scheduler runs itself forward on the cost
+    # model's estimates, and what it would start within this many seconds is submitted now, queued
+    # behind the jobs it waits for (--dependency); slurmctld starts it the moment they end. 0: off.
+    submit_ahead_s: float = Field(0.0, ge=0)
     local_workers: int = Field(2, ge=1)
     jobs: dict[Literal["vllm", "train", "eval", "cpu"], JobResources] = {}
     envs: JobEnvs = JobEnvs()

@@ -32,6 +32,21 @@ from .weights import job_env
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "_result.json"
+# Set on a job submitted ahead of its inputs' commits: how long node_main waits for them.
+INPUT_WAIT_ENV = "COMPRESS_DISTILL_INPUT_WAIT_S"
+INPUT_WAIT_S = 600
+
+
+@dataclass(frozen=True)
+class After:
+    """The jobs a node's job is queued behind (submitted ahead, scheduler.forecast): those in
+    `ok` must complete (if one fails, Slurm cancels it), those in `end` must only have ended."""
+
+    ok: tuple[str, ...] = ()
+    end: tuple[str, ...] = ()
+
+
+NOW = After()
 
 
 @dataclass(frozen=True)
@@ -79,18 +94,27 @@ def snapshot_config(plan: Plan, store: ArtifactStore) -> Path:
     return path
 
 
-def check_inputs(plan: Plan, store: ArtifactStore, node_id: str) -> None:
+def check_inputs(plan: Plan, store: ArtifactStore, node_id: str, wait_s: float = 0.0) -> None:
     """Refuse to read an upstream artifact that is not committed, or whose files are not the size
     its manifest recorded (truncated, deleted): a stage would fail deep inside a reader otherwise,
-    or worse, read a short table without failing. Runs in the job process too (node_main)."""
-    missing, corrupt = [], []
-    for dep in plan.nodes[node_id].deps:
-        up = plan.nodes[dep]
-        found = store.check(up.stage, up.name, plan.keys[dep])
-        if found.state == "absent":
-            missing.append(dep)
-        elif found.state == "corrupt":
-            corrupt.append(f"{dep} ({'; '.join(found.problems)})")
+    or worse, read a short table without failing. Runs in the job process too (node_main).
+
+    `wait_s` > 0 (a job submitted ahead, INPUT_WAIT_ENV): Slurm started it when its inputs' jobs
+    ended, and the orchestrator commits their outputs a poll later; wait up to `wait_s` for that.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        missing, corrupt = [], []
+        for dep in plan.nodes[node_id].deps:
+            up = plan.nodes[dep]
+            found = store.check(up.stage, up.name, plan.keys[dep])
+            if found.state == "absent":
+                missing.append(dep)
+            elif found.state == "corrupt":
+                corrupt.append(f"{dep} ({'; '.join(found.problems)})")
+        if not missing or corrupt or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     if missing:
         raise RuntimeError(f"{node_id}: upstream not committed: {', '.join(missing)}")
     if corrupt:
@@ -101,7 +125,7 @@ def execute_stage(plan: Plan, store: ArtifactStore, node_id: str, out: Path) -> 
     """Run the stage function of `node_id` into `out` and record its result there."""
     node = plan.nodes[node_id]
     inputs = {dep: store.path(plan.nodes[dep].stage, plan.nodes[dep].name, plan.keys[dep]) for dep in node.deps}
-    check_inputs(plan, store, node_id)
+    check_inputs(plan, store, node_id, wait_s=float(os.environ.get(INPUT_WAIT_ENV) or 0))
     work = store.work_dir(node.stage, node.name, plan.keys[node_id])
     work.mkdir(parents=True, exist_ok=True)
     result = stage_function(node.stage)(StageContext(plan.config, node, inputs, out, work))
@@ -110,7 +134,9 @@ def execute_stage(plan: Plan, store: ArtifactStore, node_id: str, out: Path) -> 
     return result
 
 
-def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
+def run_node(ctx: RunContext, node_id: str, after: After = NOW) -> NodeOutcome:
+    """Run `node_id` unless the store has it. `after`: its job waits in the backend's queue for
+    those jobs (submit-ahead); the node's inputs may then still be running."""
     plan, store = ctx.plan, ctx.store
     node = plan.nodes[node_id]
     key = plan.keys[node_id]
@@ -133,7 +159,7 @@ def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
             execute_stage(plan, store, node_id, tmp)
         else:
             tmp = store.attempt_dir(node.stage, node.name, key)  # begun in _run_as_job, unless a job owns it
-            job_id = _run_as_job(ctx, node_id, tmp)
+            job_id = _run_as_job(ctx, node_id, tmp, after)
             faults.reached("job-ended", node_id)
         finished = time.time()
         result = json.loads((tmp / RESULT_FILE).read_text())
@@ -154,7 +180,7 @@ def run_node(ctx: RunContext, node_id: str) -> NodeOutcome:
     return NodeOutcome(node_id, key, store.rel(final), cached=False, seconds=finished - started, job_id=job_id)
 
 
-def _run_as_job(ctx: RunContext, node_id: str, tmp: Path) -> str:
+def _run_as_job(ctx: RunContext, node_id: str, tmp: Path, after: After = NOW) -> str:
     """Wait for the node's job, adopting one a previous orchestrator left, else submitting one.
 
     Adoption comes first: the attempt dir `tmp` has a fixed path per node and key, and a job
@@ -184,7 +210,7 @@ def _run_as_job(ctx: RunContext, node_id: str, tmp: Path) -> str:
         ctx.watcher.track(job_id, log_path=log_path)
     else:
         store.begin(node.stage, node.name, key)  # no job can own the attempt dir: sweep it
-        job_id, log_path = _submit(ctx, node_id, name, job_dir, tmp)
+        job_id, log_path = _submit(ctx, node_id, name, job_dir, tmp, after)
     if ctx.on_job:
         ctx.on_job(node_id, job_id, log_path)
     faults.reached("after-submit", node_id)
@@ -249,7 +275,8 @@ def _write_job_record(ctx: RunContext, job_dir: Path, node_id: str, job_id: str,
          "script": str(script) if script else None, "adopted": adopted, "submitted_at": time.time()}))
 
 
-def _submit(ctx: RunContext, node_id: str, name: str, job_dir: Path, tmp: Path) -> tuple[str, Path]:
+def _submit(ctx: RunContext, node_id: str, name: str, job_dir: Path, tmp: Path,
+            after: After = NOW) -> tuple[str, Path]:
     """Render the node's per-kind job script (jobscripts.py) and submit it; (job id, log).
 
     The script runs `node_main` for this node as its payload (behind a health-gated server
@@ -278,7 +305,9 @@ def _submit(ctx: RunContext, node_id: str, name: str, job_dir: Path, tmp: Path) 
         env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
              # the shared HF cache and the Hub offline (cluster.weights): a job never downloads
              **job_env(plan.config),
+             **({INPUT_WAIT_ENV: str(INPUT_WAIT_S)} if after != NOW else {}),
              **ctx.extra_env},
+        after=after.ok, after_end=after.end,
     )
     job_id = ctx.watcher.submit(req)
     _write_job_record(ctx, job_dir, node_id, job_id, log_path, script)

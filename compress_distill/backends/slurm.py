@@ -75,9 +75,10 @@ class SlurmBackend:
 
         Jobs are submitted with `--requeue --signal=B:USR1@600`: a job near its time limit
         gets USR1 (the train template requeues itself and resumes from its checkpoint; a
-        serving job's client resumes from its request shards), unless kwargs say otherwise."""
-        base = {k: getattr(profile, k) for k in ("partition", "account", "qos", "gpu_request", "gpu_type")}
-        return cls(**{"requeue": True, "signal_before_s": REQUEUE_SIGNAL_S, **base, **kwargs})
+        serving job's client resumes from its request shards), unless the profile says
+        `requeue: false` or kwargs say otherwise."""
+        base = {k: getattr(profile, k) for k in ("partition", "account", "qos", "gpu_request", "gpu_type", "requeue")}
+        return cls(**{"signal_before_s": REQUEUE_SIGNAL_S, **base, **kwargs})
 
     # ------------------------------------------------------------------ submit
 

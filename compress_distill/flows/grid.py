@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,14 +36,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from .. import events
+from ..backends.base import JobState
 from ..backends.factory import make_backend
 from ..backends.watch import JobWatcher, Watched
 from ..config import StudyConfig
 from ..costmodel import CostModel, measured_hours
 from ..owner import claim
 from ..plan import Plan, build_plan
-from ..runner import NodeOutcome, RunContext, snapshot_config
-from ..scheduler import Policy, Pool, Scheduler, node_priorities, tasks_from_plan
+from ..runner import NOW, After, NodeOutcome, RunContext, snapshot_config
+from ..scheduler import Policy, Pool, Scheduler, forecast, node_priorities, tasks_from_plan
 from ..selection import expand_force, nodes_for_selection
 from ..store import ArtifactStore
 from ..tasks.nodes import job_submitted, run_node_task
@@ -84,6 +87,7 @@ class _Run:
     attempt: int
     cost: CostModel
     policy: Policy
+    state_hooks: list[Callable[[Watched], None]]
     outcomes: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     results: dict[str, NodeOutcome] = field(default_factory=dict)
@@ -116,9 +120,15 @@ def _prepare(params: GridParams, run_id: str, attempt: int, logger: Any) -> _Run
         force = still_forced(plan, store, force, since)
     backend = make_backend(cfg)
     watcher = None
+    hooks: list[Callable[[Watched], None]] = [_job_state_event]  # job state changes: live view, scheduler
+
+    def changed(w: Watched) -> None:
+        for hook in list(hooks):
+            hook(w)
+
     if backend is not None:
         backend = RecordingBackend(backend, record)
-        watcher = JobWatcher(backend, initial_interval=0.5, on_change=_job_state_event)
+        watcher = JobWatcher(backend, initial_interval=0.5, on_change=changed)
     cost = CostModel(measured_hours(plan, store))  # earlier runs' manifests refine the estimates
     ctx = RunContext(
         plan=plan, store=store, config_path=snapshot_config(plan, store), backend=backend, watcher=watcher,
@@ -127,7 +137,7 @@ def _prepare(params: GridParams, run_id: str, attempt: int, logger: Any) -> _Run
         # the scheduler's priority (longest remaining path, minutes) also goes to the backend's queue
         priorities=node_priorities(plan, cost),
     )
-    return _Run(cfg, plan, store, node_ids, ctx, record, target, attempt, cost, params.policy)
+    return _Run(cfg, plan, store, node_ids, ctx, record, target, attempt, cost, params.policy, hooks)
 
 
 def admission(run: _Run, todo: list[str]) -> Scheduler:
@@ -145,48 +155,130 @@ def admission(run: _Run, todo: list[str]) -> Scheduler:
     return Scheduler(tasks, pool, run.policy)
 
 
+class _Admitted:
+    """The flow's side of the scheduler: one Prefect task per admitted node, and the events
+    (a task ended, a job was submitted, a job began running) that move the scheduler on.
+    Events arrive from task threads and the job watcher; only the flow thread touches `sched`."""
+
+    def __init__(self, run: _Run, todo: list[str]):
+        self.run, self.todo = run, todo
+        self.sched = admission(run, todo)
+        self.futures: dict[str, PrefectFuture[NodeOutcome]] = {}
+        self.events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self.job_of: dict[str, str] = {}           # node -> its job id (dependencies of jobs submitted ahead)
+        self.running_since: dict[str, float] = {}  # node -> when its job was first seen RUNNING
+        cluster = run.cfg.cluster
+        backend = run.ctx.backend
+        self.ahead_s = cluster.submit_ahead_s if backend is not None and backend.name == "slurm" else 0.0
+        self.hour_s = 3600.0
+
+    def job_submitted(self, node_id: str, job_id: str, log_path: Path) -> None:
+        self.job_of[node_id] = job_id
+        self.events.put(("job", node_id))
+        job_submitted(node_id, job_id, log_path)
+
+    def job_changed(self, w: Watched) -> None:
+        if w.request is not None and w.status is not None and w.status.state is JobState.RUNNING:
+            self.events.put(("running", node_of_job(w.request.name)))
+
+    def start(self, nid: str, after: After = NOW) -> None:
+        node = self.run.plan.nodes[nid]
+        with tags(f"stage:{node.stage}", *([f"cell:{node.cell.name}"] if node.cell else [])):
+            # quote(): else Prefect walks the whole RunContext (plan, config) of every task for futures
+            fut = run_node_task.submit(quote(self.run.ctx), nid, after)  # type: ignore[call-overload]
+        self.futures[nid] = fut
+        fut.add_done_callback(lambda _f, nid=nid: self.events.put(("end", nid)))
+
+    def submit_ahead(self) -> None:
+        """Start now the tasks of the jobs the forecast starts within `ahead_s`, each queued in
+        Slurm behind the jobs it waits for: its inputs' jobs (through in-process CPU steps,
+        afterok) and the jobs planned before it on its node (afterany)."""
+        sched, plan = self.sched, self.run.plan
+        now = time.monotonic()
+        remaining = {t: max(0.0, sched.tasks[t].hours - (now - self.running_since[t]) / self.hour_s)
+                     for t in sched.running if t in self.running_since}
+        for planned in forecast(sched, remaining, self.ahead_s / self.hour_s):
+            tid = planned.placement.task.id
+            if plan.nodes[tid].job.kind == "cpu":
+                continue  # runs in the flow's process once its inputs are committed
+            gates = sched.open_gates(tid, through=lambda t: plan.nodes[t.id].job.kind == "cpu")
+            if any(g not in self.job_of for g in gates):
+                continue  # a gate's job is not submitted yet: a later cycle takes it
+            ok = tuple(sorted({self.job_of[g] for g in gates}))
+            end = tuple(sorted({self.job_of[t] for t in planned.behind
+                                if t in self.job_of and t not in sched.done and self.job_of[t] not in ok}))
+            sched.queue(tid, planned.placement.node)
+            self.start(tid, After(ok, end))
+
+    def ended(self, nid: str, progress: artifacts.StageProgress) -> None:
+        fut = self.futures[nid]
+        fut.wait()  # pins the final state the engine returned (the API's copy can lag)
+        state = fut.state
+        result = fut.result() if state.is_completed() else None
+        outcome = _outcome(state, result)
+        if outcome == "failed" and any(d in self.sched.failed for d in self.run.plan.nodes[nid].deps):
+            outcome = "blocked"  # submitted ahead, then cancelled by Slurm when an input failed
+        if outcome == "failed":
+            self.run.failed[nid] = str(state.message or state.name)
+        if outcome in ("ran", "cached"):
+            self.sched.finish(nid)
+        else:  # its dependants are never admitted
+            self.sched.fail(nid)
+        self.run.settle(nid, outcome, result, progress)
+
+    def _inputs_settled(self, nid: str) -> bool:
+        return all(d not in self.sched.tasks or d in self.sched.done or d in self.sched.failed
+                   for d in self.run.plan.nodes[nid].deps)
+
+    def loop(self, progress: artifacts.StageProgress) -> None:
+        sched = self.sched
+        deferred: list[str] = []
+        while True:
+            for p in sched.pick():
+                self.start(p.task.id)
+            if self.ahead_s > 0:
+                self.submit_ahead()
+            if not sched.running and not sched.queued:
+                break
+            try:  # with submit-ahead, the forecast also moves with the clock
+                kind, nid = self.events.get(timeout=min(self.ahead_s, 5.0) if self.ahead_s > 0 else None)
+            except queue.Empty:
+                continue
+            if kind == "end":
+                deferred.append(nid)
+                # a node submitted ahead may end before its inputs' ends were processed (or be
+                # cancelled because one failed): settle it after them, so the scheduler sees
+                # ends in dependency order
+                while ready := [n for n in deferred if self._inputs_settled(n)]:
+                    for n in ready:
+                        deferred.remove(n)
+                        self.ended(n, progress)
+            elif kind == "running" and nid in sched.tasks and nid not in self.running_since:
+                self.running_since[nid] = time.monotonic()
+                sched.started(nid)
+        for nid in self.todo:
+            if nid not in self.futures:  # never admitted: an upstream node failed
+                self.run.settle(nid, "blocked", None, progress)
+
+
 def _execute(run: _Run, todo: list[str], progress: artifacts.StageProgress) -> None:
     """Start each node's task when the scheduler admits it; settle it when its task ends.
 
     The scheduler alone decides what starts next (never Prefect's `wait_for` or concurrency
-    limits): a node is admitted once its inputs are committed and its GPUs fit the pool. A
-    failed node's dependants are never admitted (blocked); independent cells run on.
+    limits): a node is admitted once its inputs are committed and its GPUs fit the pool, or,
+    with submit-ahead, earlier, as a job Slurm holds until its inputs' jobs end. A failed
+    node's dependants are never admitted (blocked); independent cells run on.
     """
-    plan, ctx = run.plan, run.ctx
-    sched = admission(run, todo)
-    futures: dict[str, PrefectFuture[NodeOutcome]] = {}
-    ended: queue.SimpleQueue[str] = queue.SimpleQueue()
+    admitted = _Admitted(run, todo)
+    run.ctx.on_job = admitted.job_submitted
+    run.state_hooks.append(admitted.job_changed)
     try:
-        while True:
-            for p in sched.pick():
-                nid = p.task.id
-                node = plan.nodes[nid]
-                with tags(f"stage:{node.stage}", *([f"cell:{node.cell.name}"] if node.cell else [])):
-                    # quote(): else Prefect walks the whole RunContext (plan, config) of every task for futures
-                    fut = run_node_task.submit(quote(ctx), nid)  # type: ignore[call-overload]
-                futures[nid] = fut
-                fut.add_done_callback(lambda _f, nid=nid: ended.put(nid))
-            if not sched.running:
-                break
-            nid = ended.get()
-            fut = futures[nid]
-            fut.wait()  # pins the final state the engine returned (the API's copy can lag)
-            state = fut.state
-            result = fut.result() if state.is_completed() else None
-            outcome = _outcome(state, result)
-            if outcome == "failed":
-                run.failed[nid] = str(state.message or state.name)
-            if outcome in ("ran", "cached"):
-                sched.finish(nid)
-            else:  # its dependants are never admitted
-                sched.fail(nid)
-            run.settle(nid, outcome, result, progress)
+        admitted.loop(progress)
     except BaseException:  # cancelled (SIGTERM from the runner) or interrupted: stop our jobs
-        cancel_in_process(ctx.watcher, run.record)
+        cancel_in_process(run.ctx.watcher, run.record)
         raise
-    for nid in todo:
-        if nid not in futures:  # never admitted: an upstream node failed
-            run.settle(nid, "blocked", None, progress)
+    finally:
+        run.state_hooks.remove(admitted.job_changed)
 
 
 @flow(name="grid", task_runner=ThreadPoolTaskRunner(max_workers=64),  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
 from .. import events, faults
-from ..runner import NodeOutcome, RunContext, run_node
+from ..runner import NOW, After, NodeOutcome, RunContext, run_node
 
 
 def job_submitted(node_id: str, job_id: str, log_path: Path) -> None:
@@ -32,10 +32,11 @@ def job_submitted(node_id: str, job_id: str, log_path: Path) -> None:
 
 
 @task(cache_policy=NONE, task_run_name="{node_id}")
-def run_node_task(ctx: RunContext, node_id: str) -> NodeOutcome:
+def run_node_task(ctx: RunContext, node_id: str, after: After = NOW) -> NodeOutcome:
+    """`after`: the jobs this node's job waits for in the queue (submitted ahead, flows/grid.py)."""
     logger = get_run_logger()
     events.emit("start", node_id)
-    outcome = run_node(ctx, node_id)
+    outcome = run_node(ctx, node_id, after)
     faults.reached("task-end", node_id)
     if outcome.cached:
         logger.info("%s: cached -> %s", node_id, outcome.path)

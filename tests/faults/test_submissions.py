@@ -2,8 +2,9 @@
 per run, however often the machine fails under it.
 
 The dev cluster's node running the generate job is set DOWN (then resumed) every time the job
-runs, so every attempt ends NODE_FAIL, a transient failure. The watcher resubmits it twice and
-then gives up; nothing else (no Prefect task retry) submits it again. `sacct` counts the sbatch
+runs, so every attempt ends NODE_FAIL, a transient failure. The profile says `requeue: false`,
+else Slurm itself would rerun the job under the same id (no sbatch). The watcher resubmits it
+twice and then gives up; nothing else (no Prefect task retry) submits it again. `sacct` counts the sbatch
 submissions by the node's deterministic job name.
 """
 
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from compress_distill.backends.watch import MAX_RESUBMITS
 
@@ -31,6 +33,24 @@ def slurm() -> None:
     need_dev_cluster()
 
 
+def _scontrol_node(node: str, state: str) -> bool:
+    return subprocess.run(["scontrol", "update", f"NodeName={node}", f"State={state}", "Reason=fault-test"],
+                          capture_output=True, timeout=30).returncode == 0
+
+
+def _resume(node: str) -> None:
+    """Bring the node back. The dev cluster may return it to service by itself as it registers
+    again (then RESUME is refused as an invalid state): done once sinfo no longer says down."""
+    for _ in range(60):
+        if _scontrol_node(node, "RESUME"):
+            return
+        state = subprocess.run(["sinfo", "-h", "-N", "-n", node, "-o", "%T"], capture_output=True, text=True,
+                               timeout=30).stdout.strip()
+        if state and not state.startswith("down"):
+            return
+        time.sleep(0.5)
+
+
 def _fail_nodes_under(job_name: str, stop: threading.Event, failed: list[str]) -> None:
     """Set DOWN the node of every running job named `job_name` (its job ends NODE_FAIL), then resume it."""
     seen: set[str] = set()
@@ -42,16 +62,18 @@ def _fail_nodes_under(job_name: str, stop: threading.Event, failed: list[str]) -
             if job_id in seen or not node:
                 continue
             seen.add(job_id)
-            subprocess.run(["scontrol", "update", f"NodeName={node}", "State=DOWN", "Reason=fault-test"],
-                           check=True, timeout=30)
-            failed.append(job_id)
-            time.sleep(1)
-            subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], check=True, timeout=30)
+            if _scontrol_node(node, "DOWN"):
+                failed.append(job_id)
+                time.sleep(1)
+            _resume(node)
         stop.wait(0.3)
 
 
 def test_a_node_the_machine_keeps_failing_is_submitted_at_most_three_times(slurm: None, tmp_path: Path) -> None:
     cfg, store = slurm_mini(tmp_path / "cfg.yaml"), tmp_path / "store"
+    data = yaml.safe_load(cfg.read_text())
+    data["cluster"]["requeue"] = False
+    cfg.write_text(yaml.safe_dump(data))
     names = _names(cfg)
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     stop, failed = threading.Event(), list[str]()
@@ -63,6 +85,8 @@ def test_a_node_the_machine_keeps_failing_is_submitted_at_most_three_times(slurm
     finally:
         stop.set()
         killer.join(timeout=60)
+        for node in ("node1", "node2"):  # whatever happened, leave the dev cluster usable
+            _scontrol_node(node, "RESUME")
     assert res.returncode == 1, res.stderr[-3000:]
     assert len(failed) == MAX_SUBMISSIONS, failed
     counts = sbatch_jobs(names, since, MAX_SUBMISSIONS)
