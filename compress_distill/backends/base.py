@@ -57,7 +57,7 @@ class JobRequest:
     # SLURM_ARRAY_TASK_ID and logs to array_task_log(log_path, index). None = a single job.
     array: str | None = None
     # Higher runs first among this run's queued jobs: the node's longest remaining path in
-    # minutes (scheduler.node_priorities). Slurm: --nice (slurm_script.nice_for); local: the
+    # minutes (scheduler.node_priorities). Slurm: --nice (jobs.flags.nice_for); local: the
     # start order of queued jobs. None = the backend's default (no --nice, i.e. nice 0;
     # locally: ahead of prioritised jobs, in submit order).
     priority: int | None = None

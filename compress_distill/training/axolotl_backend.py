@@ -41,6 +41,7 @@ import pyarrow.ipc as ipc
 
 from compress_distill.axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
 from compress_distill.config import StudyConfig
+from compress_distill.envchecks import LABEL_CHECK
 from compress_distill.envs import env_dir
 from compress_distill.plan import Cell
 from compress_distill.store import atomic_write_text, write_parquet
@@ -54,7 +55,7 @@ OUTPUT_DIR = "axolotl"  # Axolotl's output_dir in the work dir: checkpoints, pre
 CONFIG_FILE = "axolotl.yaml"
 LOG_FILE = "axolotl.log"
 TIMES_FILE = "loss_times.jsonl"  # (step, elapsed_s) per loss line, appended as they arrive
-PREFLIGHT = Path(__file__).resolve().parents[2] / "scripts" / "check_axolotl_labels.py"
+PREFLIGHT = LABEL_CHECK  # run by path with the Axolotl env's python (compress_distill is not installed there)
 
 # On top of `cpu_overlay` (fp32, sdpa, no plugins/FSDP/packing, LoRA kernels off): a loss row
 # per step as TRL logs, tokenisation in-process (two cores), and checkpoints only every
