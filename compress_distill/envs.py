@@ -5,7 +5,7 @@ compress_distill itself (`app`), vLLM (`vllm`) and Axolotl (`axolotl`). A Slurm 
 them; on one machine (backend `local`, or a `device: cpu` dev cluster sharing this checkout)
 the ones the setup scripts build here are the defaults: `.venv-vllm` (scripts/setup-vllm.sh)
 and `.venv-axolotl` (scripts/setup-axolotl.sh). The pins the cluster's envs must carry are in
-slurm/envs/*.txt, which `preflight` compares with what is installed.
+compress_distill/jobs/envs/*.txt, which `preflight` compares with what is installed.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import subprocess
 from pathlib import Path
 
 from .config import StudyConfig
-from .paths import dev_root, source_checkout
+from .paths import dev_root
 
-# The pins are in the source checkout (slurm/envs/*.txt, read by the setup scripts too); an
-# installed wheel has none, and `pinned_version` says so.
-ENV_PINS = (source_checkout() or Path("/nonexistent")) / "slurm" / "envs"
+# Package data: `preflight` compares them with the envs, installed or in a checkout; the setup
+# scripts install from them.
+ENV_PINS = Path(__file__).resolve().parent / "jobs" / "envs"
 PROGRAMS = ("app", "vllm", "axolotl")
 # One machine: the envs scripts/setup-{vllm,axolotl}.sh build in the checkout (installed: the current dir).
 LOCAL_DEFAULTS = {"vllm": dev_root() / ".venv-vllm", "axolotl": dev_root() / ".venv-axolotl"}
@@ -40,12 +40,8 @@ def env_dir(cfg: StudyConfig, program: str) -> Path | None:
 
 
 def pinned_version(program: str) -> str:
-    """The version slurm/envs/<file> pins for the program's main distribution."""
+    """The version jobs/envs/<file> pins for the program's main distribution."""
     names, pin_file = DISTRIBUTIONS[program]
-    if not (ENV_PINS / pin_file).is_file():
-        raise FileNotFoundError(f"the env pins (slurm/envs/{pin_file}) are in the source checkout, and this "
-                                "compress_distill is installed without one: run preflight's env check from "
-                                "a checkout, or skip it (--skip env)")
     text = (ENV_PINS / pin_file).read_text()
     for name in names:
         m = re.search(rf"^{re.escape(name)}(\[[^\]]*\])?==([^\s#]+)", text, re.MULTILINE)

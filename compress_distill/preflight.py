@@ -5,7 +5,7 @@ CLI prints one table and exits non-zero on any FAIL. What each check proves, and
 
 | check       | proves | does not prove |
 | ----------- | ------ | -------------- |
-| env         | each program's env exists and carries the pinned release (slurm/envs/*.txt) | that its CUDA build matches the driver |
+| env         | each program's env exists and carries the pinned release (compress_distill/jobs/envs/*.txt) | that its CUDA build matches the driver |
 | gpu         | (`device: gpu` Slurm profiles) a 1-GPU job per env sees CUDA from that env's torch | multi-GPU NCCL |
 | weights     | every hub model (and hub kernel) is staged in `cluster.weights.hf_home` | that the files are complete |
 | tokenizer   | each student's template renders its reasoning key, and its EOT tokens are one token each | - |

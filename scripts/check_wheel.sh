@@ -3,9 +3,10 @@
 #
 # 1. builds the wheel from the checkout's files (a copy: the checkout gets no build/ dir);
 # 2. installs it, NOT editable, into a fresh venv in a temp dir outside the checkout;
-# 3. from that temp dir, runs `compress-distill plan` and a one-cell `compress-distill run` of
-#    configs/mini-ci.yaml (copied out): model builds, served generation, TRL training and
-#    served evaluation, every job through its job script on the local backend;
+# 3. from that temp dir, runs `compress-distill plan`, `render`, reads the env pins, and runs a
+#    one-cell `compress-distill run` of configs/mini-ci.yaml (copied out): model builds, served
+#    generation, TRL training and served evaluation, every job through its job script on the
+#    local backend;
 # 4. proves the installed package never touched the checkout: a sitecustomize in the venv
 #    (so in the CLI and in every job process it starts) records each open/listdir/scandir/exec
 #    of a path under the checkout; one such access fails the check.
@@ -86,6 +87,8 @@ bin="$tmp/venv/bin"
 where=$("$bin/python" -c 'import compress_distill, os; print(os.path.dirname(compress_distill.__file__))')
 case "$where" in "$site"/*) ;; *) echo "[wheel] FAIL: compress_distill imported from $where, not the wheel" >&2; exit 1;; esac
 "$bin/compress-distill" plan mini-ci.yaml >/dev/null
+"$bin/compress-distill" render mini-ci.yaml rendered --store "$tmp/store" >/dev/null   # the packaged templates
+"$bin/python" -c 'from compress_distill.envs import pinned_version as v; assert v("vllm") and v("axolotl")'  # pins
 t1=$(date +%s)
 "$bin/compress-distill" run mini-ci.yaml --store "$tmp/store" --select data=raw --select method=full \
   --no-progress --json > run.json || { echo "[wheel] FAIL: run" >&2; tail -50 "$tmp"/store/.logs/* >&2 || true; exit 1; }
@@ -96,7 +99,7 @@ jobs = [n for n in s["ran"] if n.split("/")[0] in ("build", "generate", "train",
 assert s["ran"] and not s.get("failed") and len(jobs) >= 4, s
 print(f"[wheel] run: {len(s['ran'])} nodes ran ({len(jobs)} as jobs through the packaged templates)")
 PY
-echo "[wheel] plan + run from $tmp took $(( $(date +%s) - t1 ))s (run)"
+echo "[wheel] the run took $(( $(date +%s) - t1 ))s (from $tmp)"
 
 # 4. nothing read from the checkout
 if [[ -s $tmp/checkout-access.log ]]; then

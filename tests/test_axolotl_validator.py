@@ -1,6 +1,6 @@
 """Axolotl's own validator on every rendered config, run in the separate Axolotl env.
 
-Needs `.venv-axolotl` (slurm/envs/axolotl-cpu-requirements.txt); skipped without it.
+Needs `.venv-axolotl` (compress_distill/jobs/envs/axolotl-cpu-requirements.txt); skipped without it.
 Takes ~2-4 minutes: importing Axolotl alone is ~30 s on two cores.
 """
 

@@ -73,7 +73,7 @@ def axolotl_env(cfg: StudyConfig) -> Path:
     env = env_dir(cfg, "axolotl")
     if env is None:
         raise FileNotFoundError("cluster.envs.axolotl is not set: a Slurm profile must name the Axolotl env "
-                                "that its train jobs use (pinned in slurm/envs/axolotl-gpu.txt)")
+                                "that its train jobs use (pinned in compress_distill/jobs/envs/axolotl-gpu.txt)")
     if not (env / "bin" / "python").exists():
         hint = "cluster.envs.axolotl" if cfg.cluster.envs.axolotl else "run `bash scripts/setup-axolotl.sh`"
         raise FileNotFoundError(f"Axolotl environment {env} not found ({hint})")
@@ -92,7 +92,7 @@ def train_gpus(cfg: StudyConfig, env: Path, want: int) -> int:
         raise RuntimeError(
             f"this train job asked for {want} GPU(s) but the Axolotl env's torch ({env}) sees {seen} "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Is that env a CUDA "
-            f"build (slurm/envs/axolotl-gpu.txt)? Only a `cluster.device: cpu` profile trains on CPU.\n"
+            f"build (compress_distill/jobs/envs/axolotl-gpu.txt)? Only a `cluster.device: cpu` profile trains on CPU.\n"
             f"{probe.stderr[-500:]}")
     return want
 
