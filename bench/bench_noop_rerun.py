@@ -39,8 +39,8 @@ from typing import Any
 import yaml
 
 from compress_distill.backends.devcluster import ensure_dev_cluster
-from compress_distill.backends.slurm_script import job_name
 from compress_distill.config import load_config, parse_config
+from compress_distill.jobs.flags import job_name
 from compress_distill.plan import Plan, build_plan
 from compress_distill.status import node_statuses
 from compress_distill.store import ArtifactStore

@@ -5,7 +5,7 @@ YAML mapping for one training cell's train node; `dump_yaml` writes it with a he
 Every hyperparameter comes from the node's identity (`plan.TrainParams`): the values
 its key hashed, the student's method overrides and the FSDP decision already resolved
 there, never recomputed from the study config.
-Targets Axolotl 0.19.0 (`slurm/envs/axolotl-cpu-requirements.txt`).
+Targets Axolotl 0.19.0 (`compress_distill/jobs/envs/axolotl-cpu-requirements.txt`).
 
 What every cell gets (H.3): base model, EOT trained per turn, `split_thinking`,
 bf16 + tf32, sequence length 16384 with sample packing padded to length, micro

@@ -343,11 +343,15 @@ def verify(
 
 @app.command()
 def render(config: ConfigArg, outdir: Annotated[Path, typer.Argument(help="directory for the rendered files")],
+           store: StoreOpt = None,
            override: Annotated[list[str] | None, typer.Option(
-               "--override", help="job resource override KEY=VALUE for every job, e.g. partition=debug")] = None,
+               "--override", help="job resource override KEY=VALUE for every job, e.g. partition=debug "
+                                  "(renders a variant: no longer what `run` submits)")] = None,
            ) -> None:
-    """Write every cell's Axolotl YAML and the sbatch scripts of every job (for review or manual sbatch)."""
-    from .render_all import render_study
+    """Write the job script of every job node, exactly as `run` submits it (and each cell's Axolotl YAML).
+
+    Like `run`, this writes the config snapshot the jobs read into the store's .configs/."""
+    from .jobs.study import render_study
 
     overrides = {}
     for item in override or []:
@@ -356,8 +360,8 @@ def render(config: ConfigArg, outdir: Annotated[Path, typer.Argument(help="direc
             raise typer.BadParameter(f"{item!r}: expected KEY=VALUE")
         overrides[k.strip()] = v.strip()
     try:
-        files = render_study(_load(config), outdir, overrides=overrides or None)
-    except (ValueError, KeyError) as err:
+        files = render_study(_load(config), outdir, overrides=overrides or None, store_root=store)
+    except (ValueError, KeyError, FileNotFoundError) as err:
         _error(str(err))
         raise typer.Exit(2) from None
     console.print(f"wrote {len(files)} files under {outdir}")

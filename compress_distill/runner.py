@@ -2,8 +2,8 @@
 
 CPU nodes run in-process. Job nodes (generation, training, evaluation) run
 through a job backend when one is given (local subprocess or Slurm), in-process
-otherwise: the backend runs the node's per-kind job script (jobscripts.py: the
-serving, training or eval template from slurm/templates), whose payload is
+otherwise: the backend runs the node's per-kind job script (jobs/node.py: the
+serving, training or eval template from jobs/templates), whose payload is
 `python -m compress_distill.node_main` for the node. Either way the stage
 writes into a temporary directory that only this module commits.
 """
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from . import faults
-from .backends.base import JobBackend, JobError, JobRequest, JobState, JobStatus, log_tail
+from .backends.base import NOW, After, JobBackend, JobError, JobState, JobStatus, log_tail
 from .backends.watch import JobWatcher
-from .jobscripts import payload_argv, render_node_script
+from .jobs.node import job_dir as node_job_dir
+from .jobs.node import node_job, request_name
 from .plan import Plan
 from .stages import StageContext, StageResult, stage_function
 from .store import LEASE_TTL_S, ArtifactStore, atomic_write_text, git_revision
-from .weights import job_env
 
 log = logging.getLogger(__name__)
 RESULT_FILE = "_result.json"
@@ -36,17 +36,6 @@ RESULT_FILE = "_result.json"
 INPUT_WAIT_ENV = "COMPRESS_DISTILL_INPUT_WAIT_S"
 INPUT_WAIT_S = 600
 
-
-@dataclass(frozen=True)
-class After:
-    """The jobs a node's job is queued behind (submitted ahead, scheduler.forecast): those in
-    `ok` must complete (if one fails, Slurm cancels it), those in `end` must only have ended."""
-
-    ok: tuple[str, ...] = ()
-    end: tuple[str, ...] = ()
-
-
-NOW = After()
 
 
 @dataclass(frozen=True)
@@ -193,8 +182,8 @@ def _run_as_job(ctx: RunContext, node_id: str, tmp: Path, after: After = NOW) ->
     plan, store = ctx.plan, ctx.store
     node = plan.nodes[node_id]
     key = plan.keys[node_id]
-    job_dir = (store.root / node.stage / ".jobs" / f"{node.name}-{key}").absolute()
-    name = f"cd-{node.stage}-{node.name}-{key}"
+    job_dir = node_job_dir(plan, store, node_id)
+    name = request_name(plan, node_id)
     adopted = _adoptable(ctx, name, job_dir, tmp)
     if adopted is not None:
         job_id, log_path, finished = adopted
@@ -277,38 +266,25 @@ def _write_job_record(ctx: RunContext, job_dir: Path, node_id: str, job_id: str,
 
 def _submit(ctx: RunContext, node_id: str, name: str, job_dir: Path, tmp: Path,
             after: After = NOW) -> tuple[str, Path]:
-    """Render the node's per-kind job script (jobscripts.py) and submit it; (job id, log).
+    """Write the node's job (jobs.node_job: what `render` writes too) and submit it; (job id, log).
 
     The script runs `node_main` for this node as its payload (behind a health-gated server
-    for serving/eval nodes, inside the requeue/resume wrapper for train nodes); the backend
+    for serving/eval nodes, inside the resume logic for train nodes); the backend
     runs it as a local subprocess or inside a Slurm batch job.
     """
     assert ctx.watcher is not None
-    plan, store = ctx.plan, ctx.store
+    plan = ctx.plan
     node = plan.nodes[node_id]
-    res = plan.config.cluster.job(node.job.kind)
     job_dir.mkdir(parents=True, exist_ok=True)
     stamp = int(time.time())
     log_path = job_dir / f"attempt-{stamp}.log"
-    payload = payload_argv(plan.config, node, config_path=ctx.config_path, store_root=store.root, out=tmp)
+    job = node_job(plan, ctx.store, node_id, config_path=ctx.config_path, out=tmp, workdir=Path.cwd())
+    assert job.name == name
     script = job_dir / f"attempt-{stamp}.sh"
-    atomic_write_text(script, render_node_script(plan, store, node_id, payload=payload, workdir=Path.cwd(),
-                                                 log_dir=job_dir, job_name=name))
-    cpus = res.cpus_for(node.job.gpus)
-    threads = str(cpus)
-    req = JobRequest(
-        name=name,
-        command=["bash", str(script)],
-        workdir=Path.cwd(), log_path=log_path, kind=node.job.kind, gpus=node.job.gpus,
-        cpus=cpus, mem=res.mem_for(node.job.gpus), time_limit=res.time_limit, priority=ctx.priorities.get(node_id),
-        # PASSIVE: a multi-thread torch job on shared cores otherwise spins at OpenMP barriers (2-5x slower)
-        env={"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
-             # the shared HF cache and the Hub offline (cluster.weights): a job never downloads
-             **job_env(plan.config),
-             **({INPUT_WAIT_ENV: str(INPUT_WAIT_S)} if after != NOW else {}),
-             **ctx.extra_env},
-        after=after.ok, after_end=after.end,
-    )
+    atomic_write_text(script, job.script)
+    req = job.request(script, log_path, Path.cwd(), priority=ctx.priorities.get(node_id),
+                      extra_env={**({INPUT_WAIT_ENV: str(INPUT_WAIT_S)} if after != NOW else {}), **ctx.extra_env},
+                      after=after)
     job_id = ctx.watcher.submit(req)
     _write_job_record(ctx, job_dir, node_id, job_id, log_path, script)
     log.info("%s: %s job %s submitted (%s, %d GPU), log %s", node_id, ctx.backend.name if ctx.backend else "?",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .model_refs import mini_ref
+from .paths import models_dir
 
 SERVER_URL_ENV = "CD_SERVER_URL"
 SERVED_MODEL_ENV = "CD_SERVED_MODEL"
@@ -29,13 +30,25 @@ class Endpoint:
     local_dir: Path | None = None  # set when the model is a local directory (tokenizer available here)
 
 
-QUICK_ROOT = Path(__file__).resolve().parents[1] / "models" / "mini-quick"  # built on demand, not shipped
+QUICK_ROOT = models_dir() / "mini-quick"  # built on demand, not shipped
 
 
 def mini_root(quick: bool) -> Path:
     from .miniworld.recipes import DEFAULT_ROOT
 
     return QUICK_ROOT if quick else DEFAULT_ROOT
+
+
+def mini_model_dir(ref: str) -> Path | None:
+    """Where the model of a mini-world ref's CURRENT recipe is (or will be) built; None: not a mini ref.
+    A job script names this path before the upstream `build` node has built it."""
+    mini = mini_ref(ref)
+    if mini is None:
+        return None
+    from .miniworld.recipes import default_recipes, dir_name, parse_ref
+
+    name = parse_ref(mini[0])
+    return mini_root(mini[1]) / dir_name(name, default_recipes(mini[1])[name])
 
 
 def resolve_model_dir(ref: str) -> Path:

@@ -2,7 +2,7 @@
 
 Every serving job (generate, compress, judge, evaluate) starts its server from
 `server_argv`; the job template only appends `--host 127.0.0.1 --port PORT`, which it
-learns at run time. `scripts/check_vllm_args.py` feeds the same argv, in the vLLM env,
+learns at run time. `compress_distill/envchecks/check_vllm_args.py` feeds the same argv, in the vLLM env,
 to vLLM's own argument parser and its serve-argument validation, so a flag that vLLM
 would refuse fails `preflight` and CI instead of the first hour of a job (the check
 reads the `VLLM_ARGV=(...)` line of the rendered script, the words the job executes).

@@ -10,5 +10,5 @@ fi
 python3 -m venv .venv-axolotl
 .venv-axolotl/bin/python -m pip install -q --upgrade pip
 .venv-axolotl/bin/python -m pip install -q "torch==2.13.0"   # the local CPU wheel; must come first
-.venv-axolotl/bin/python -m pip install -q -r slurm/envs/axolotl-cpu-requirements.txt
+.venv-axolotl/bin/python -m pip install -q -r compress_distill/jobs/envs/axolotl-cpu-requirements.txt
 .venv-axolotl/bin/python -c "import axolotl; print('setup-axolotl: axolotl', axolotl.__version__)"

@@ -2,7 +2,7 @@
 """Validate rendered Axolotl YAMLs with Axolotl's own validator, as if on H100s.
 
 Runs INSIDE the Axolotl environment (`.venv-axolotl`, see
-slurm/envs/axolotl-cpu-requirements.txt), not the orchestrator's:
+compress_distill/jobs/envs/axolotl-cpu-requirements.txt), not the orchestrator's:
 
     .venv-axolotl/bin/python scripts/validate_axolotl_configs.py RENDER_DIR_OR_YAML... [--cpu]
 

@@ -19,8 +19,8 @@ from compress_distill.axolotl_config import (
     validate_keys,
 )
 from compress_distill.config import load_config, parse_config
+from compress_distill.jobs.study import render_study
 from compress_distill.plan import build_plan
-from compress_distill.render_all import render_study
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "configs" / "paper.yaml"
@@ -237,19 +237,21 @@ def test_dump_yaml_round_trips(paper, cells):
 
 
 def test_render_study_writes_every_cell(tmp_path):
-    files = render_study(PAPER, tmp_path, store_root="/store")
+    store = tmp_path / "store"
+    files = render_study(PAPER, tmp_path, store_root=store)
     yamls = [f for f in files if f.name == "axolotl.yaml"]
     assert len(yamls) == 55
     one = yaml.safe_load((tmp_path / "cells" / "qwen3.5-397b.qwen3.5-9b.lora.raw" / "axolotl.yaml").read_text())
-    assert one["output_dir"].startswith("/store/train/.work/qwen3.5-397b.qwen3.5-9b.lora.raw-")
-    assert one["datasets"][0]["path"].startswith("/store/derive/qwen3.5-397b.raw-")
-    # the training dir is stable across requeues and keyed: the eval job serves that same dir
+    assert one["output_dir"].startswith(f"{store}/train/.work/qwen3.5-397b.qwen3.5-9b.lora.raw-")
+    assert one["datasets"][0]["path"].startswith(f"{store}/derive/qwen3.5-397b.raw-")
+    # the eval job serves the train node's committed model (the stage publishes it merged)
     eval_text = (tmp_path / "cells" / "qwen3.5-397b.qwen3.5-9b.lora.raw" / "eval.sbatch").read_text()
-    assert f"CHECKPOINT={one['output_dir']}" in eval_text
+    key = one["output_dir"].rsplit("-", 1)[1]
+    assert f"CHECKPOINT={store}/train/qwen3.5-397b.qwen3.5-9b.lora.raw-{key}/model" in eval_text
 
 
 def test_mini_config_renders_cpu_variants(tmp_path):
-    render_study(ROOT / "configs" / "mini.yaml", tmp_path)
+    render_study(ROOT / "configs" / "mini.yaml", tmp_path, store_root=tmp_path / "store")
     for path in (tmp_path / "cells").glob("*/axolotl.yaml"):
         axo = yaml.safe_load(path.read_text())
         assert axo["bf16"] is False and "plugins" not in axo and axo["attn_implementation"] == "sdpa"

@@ -1,6 +1,6 @@
 """Axolotl's own validator on every rendered config, run in the separate Axolotl env.
 
-Needs `.venv-axolotl` (slurm/envs/axolotl-cpu-requirements.txt); skipped without it.
+Needs `.venv-axolotl` (compress_distill/jobs/envs/axolotl-cpu-requirements.txt); skipped without it.
 Takes ~2-4 minutes: importing Axolotl alone is ~30 s on two cores.
 """
 
@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from compress_distill.config import load_config
+from compress_distill.jobs.study import render_study
 from compress_distill.plan import build_plan
-from compress_distill.render_all import render_study
 
 ROOT = Path(__file__).resolve().parent.parent
 AXOLOTL_PY = ROOT / ".venv-axolotl" / "bin" / "python"
@@ -37,7 +37,7 @@ def validate(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_all_paper_configs_pass_axolotl_validator(tmp_path):
-    render_study(ROOT / "configs" / "paper.yaml", tmp_path, store_root="/store")
+    render_study(ROOT / "configs" / "paper.yaml", tmp_path, store_root=tmp_path / "store")
     proc = validate(tmp_path)
     lines = [x for x in proc.stdout.splitlines() if x.startswith(("PASS", "FAIL"))]
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
@@ -48,7 +48,7 @@ def test_all_paper_configs_pass_axolotl_validator(tmp_path):
 
 
 def test_validator_catches_what_axolotl_rejects_or_ignores(tmp_path):
-    render_study(ROOT / "configs" / "paper.yaml", tmp_path / "r", store_root="/store")
+    render_study(ROOT / "configs" / "paper.yaml", tmp_path / "r", store_root=tmp_path / "store")
     good = yaml.safe_load((tmp_path / "r" / "cells" / "qwen3.5-397b.qwen3.5-9b.full.raw" / "axolotl.yaml").read_text())
     cases = {
         "axolotl_fsdp2_bnb.yaml": {**good, "optimizer": "adamw_bnb_8bit"},   # FSDP2 + bnb 8-bit
@@ -67,7 +67,7 @@ def test_validator_catches_what_axolotl_rejects_or_ignores(tmp_path):
 
 
 def test_mini_cpu_configs_pass_axolotl_validator(tmp_path):
-    render_study(ROOT / "configs" / "mini.yaml", tmp_path)
+    render_study(ROOT / "configs" / "mini.yaml", tmp_path, store_root=tmp_path / "store")
     proc = validate(tmp_path, "--cpu")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-3000:]
     n = len(build_plan(load_config(ROOT / "configs" / "mini.yaml")).cells)
@@ -129,7 +129,7 @@ def test_trace_drop_is_caught_before_training(tmp_path):
         axo["datasets"][0]["split_thinking"] = split
         configs[(model, split)] = tmp_path / f"{model}-{split}.yaml"
         configs[(model, split)].write_text(dump_yaml(axo))
-    proc = subprocess.run([str(AXOLOTL_PY), str(ROOT / "scripts" / "check_axolotl_labels.py"), *map(str, configs.values())],
+    proc = subprocess.run([str(AXOLOTL_PY), str(ROOT / "compress_distill" / "envchecks" / "check_axolotl_labels.py"), *map(str, configs.values())],
                           capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
     verdict = {line.split()[1].rstrip(":"): line.split()[0] for line in proc.stdout.splitlines() if line.startswith(("PASS", "FAIL"))}

@@ -1,7 +1,7 @@
 """Do the traces and the end-of-turn token reach the trained labels, for each student family's real config?
 
 The paper's students' Axolotl configs (configs/paper.yaml, CPU overlay) are run through
-scripts/check_axolotl_labels.py on offline stand-ins of the Qwen3.5, Llama-3.1 and gpt-oss tokenizers
+compress_distill/envchecks/check_axolotl_labels.py on offline stand-ins of the Qwen3.5, Llama-3.1 and gpt-oss tokenizers
 (tests/family_standins.py: the families' special tokens and templates over the mini BPE). Negative
 configs prove the check catches the defects it exists for. The gpt-oss stand-in's harmony template is
 compared with what openai-harmony itself renders.
@@ -30,7 +30,7 @@ from .conftest import CONFIGS, REPO
 from .family_standins import o200k_vocab_dir, standin_model
 
 AXOLOTL_PY = REPO / ".venv-axolotl" / "bin" / "python"
-SCRIPT = REPO / "scripts" / "check_axolotl_labels.py"
+SCRIPT = REPO / "compress_distill" / "envchecks" / "check_axolotl_labels.py"
 _REQUIRED = os.environ.get("COMPRESS_DISTILL_REQUIRE_AXOLOTL") == "1"
 needs_axolotl = pytest.mark.skipif(not AXOLOTL_PY.exists() and not _REQUIRED, reason=(
     f"{AXOLOTL_PY} missing: build it with `bash scripts/setup-axolotl.sh` (~7 min, 4.3 GB)"))

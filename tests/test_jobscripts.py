@@ -1,4 +1,4 @@
-"""Job scripts of plan nodes (jobscripts.py): each job node gets its per-kind template with
+"""Job scripts of plan nodes (jobs/node.py): each job node gets its per-kind template with
 node_main as payload, and the script runs through the local backend as a subprocess."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from compress_distill.backends.base import JobRequest, JobState
 from compress_distill.backends.local import LocalBackend
 from compress_distill.backends.watch import JobWatcher
 from compress_distill.config import load_config
-from compress_distill.jobscripts import payload_argv, render_node_script
+from compress_distill.jobs.node import payload_argv, render_node_script
 from compress_distill.owner import OWNER_ENV
 from compress_distill.plan import Plan, build_plan
 from compress_distill.store import ArtifactStore
@@ -41,7 +41,8 @@ def test_every_job_node_gets_its_template(cfg_name: str, tmp_path: Path) -> None
         marker = {"generate": "vllm_job", "compress": "vllm_job", "judge": "vllm_job", "evaluate": "CHECKPOINT=",
                   "train": "TRAINER_ARGV=", "build": "TRAINER_ARGV="}[node.stage]
         assert marker in text or "Serves a model" in text, nid
-        assert "#SBATCH" not in text  # resources come from the backend's sbatch argv
+        # the header states the resources the backend puts on sbatch's argv; no requeue flags (the wrapper's)
+        assert "#SBATCH --cpus-per-task=" in text and "#SBATCH --output" not in text and "--signal" not in text
         assert f"SERVER={server}" in text or node.stage in ("train", "build")
         assert "compress_distill.node_main" in text and nid in text
         assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0, nid
@@ -85,7 +86,7 @@ def test_train_script_runs_payload_through_local_backend(tmp_path: Path, monkeyp
 def test_stage_override_module_replaces_stages_and_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
     """COMPRESS_DISTILL_STAGES=<module>: its stage functions win, missing ones stay real, and its
     SERVE_WITH is what serving jobs start; unset, the registry and the config decide."""
-    from compress_distill.jobscripts import job_server
+    from compress_distill.jobs.node import job_server
     from compress_distill.stages import STAGES_ENV, stage_function
 
     from .support import SKELETON_ENV, skeleton_stages

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress_distill.backends.slurm_script import job_name
 from compress_distill.config import parse_config
+from compress_distill.jobs.flags import job_name
 from compress_distill.plan import build_plan
 from compress_distill.selection import nodes_for_selection
 

@@ -19,19 +19,20 @@ from pathlib import Path
 
 import pytest
 
+from compress_distill.backends.base import JobRequest
 from compress_distill.config import JobEnvs, ServeSpec, load_config
-from compress_distill.plan import Cell, build_plan
-from compress_distill.render_all import render_study
-from compress_distill.sbatch import (
-    RESOURCE_KEYS,
+from compress_distill.jobs.flags import SlurmOptions, sbatch_header
+from compress_distill.jobs.render import (
     UnquotedValue,
     _env,
     render_eval_job,
     render_train_job,
     render_vllm_job,
-    resolve_resources,
-    sbatch_header,
 )
+from compress_distill.jobs.resources import REQUEUE_SIGNAL_S, RESOURCE_KEYS, resolve_resources
+from compress_distill.jobs.script import batch_script
+from compress_distill.jobs.study import render_study
+from compress_distill.plan import Cell, build_plan
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = ROOT / "configs" / "paper.yaml"
@@ -120,9 +121,11 @@ for i in range(int(os.environ.get("FAKE_GPUS", "8"))):
 '''
 
 FAKE_SCONTROL = r'''#!/usr/bin/env python3
-import json, os, sys
+import json, os, signal, sys
 with open(os.environ["FAKE_SCONTROL_RECORD"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\n")
+if os.environ.get("FAKE_SCONTROL_ENDS_JOB"):  # as Slurm does: a requeue ends the running batch script
+    os.kill(os.getppid(), signal.SIGTERM)
 '''
 
 
@@ -231,16 +234,17 @@ def test_template_without_quote_filter_is_refused(tmp_path):
     assert out == "MODEL='x$(id)' N=3\nA=('a b' '$(c)')\n"
 
 
-def test_train_job_has_requeue_signal_and_gpus(paper, cells, tmp_path):
+def test_train_job_header_has_gpus_and_leaves_requeue_to_the_wrapper(paper, cells, tmp_path):
     cell = cells["qwen3.5-397b.llama-3.1-8b.full.raw"]
     text = render_train_job(paper, cell, job_name="t", axolotl_config="/c.yaml", output_dir="/o", workdir="/w")
-    assert "#SBATCH --requeue" in text
-    assert "#SBATCH --signal=B:USR1@600" in text
     assert "#SBATCH --gpus-per-node=h100:8" in text
     assert "NPROC=8" in text and "torchrun --standalone --nnodes 1" in text
+    # one requeue wrapper: the backend's batch script (jobs/script.py); the template has no USR1 trap
+    assert "--requeue" not in text and "--signal" not in text and "trap" not in text.split("set -euo")[1]
+    assert f"USR1 {REQUEUE_SIGNAL_S}s before" in text
     text = render_train_job(paper, cell, job_name="t", axolotl_config="/c.yaml", output_dir="/o", workdir="/w",
                             overrides={"requeue_signal_s": 120})
-    assert "#SBATCH --signal=B:USR1@120" in text
+    assert "USR1 120s before" in text
     with pytest.raises(ValueError, match="launcher"):
         render_train_job(paper, cell, job_name="t", axolotl_config="/c", output_dir="/o", workdir="/w",
                          launcher="deepspeed")
@@ -272,9 +276,11 @@ def test_serving_job_uses_paper_layouts(paper):
 
 
 def test_all_paper_scripts_render_and_parse(tmp_path):
-    files = render_study(PAPER, tmp_path)
+    files = render_study(PAPER, tmp_path, store_root=tmp_path / "store")
     scripts = [f for f in files if f.suffix == ".sbatch"]
     assert len(scripts) == 55 * 2 + 6  # train + eval per cell; 2 teachers + 4 teacher x compressor jobs
+    plan = build_plan(load_config(PAPER))
+    assert len(scripts) == sum(n.job.kind != "cpu" for n in plan.nodes.values())  # every job node, no other
     for script in scripts:
         proc = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{script}: {proc.stderr}"
@@ -437,12 +443,18 @@ def test_train_job_reports_resume_and_failure(here, cells, fakes, tmp_path):
     assert not (out / "TRAINING_COMPLETE").exists()
 
 
-def test_train_job_requeues_itself_on_usr1(here, cells, fakes, tmp_path):
+def test_batch_wrapper_requeues_a_train_job_once_on_usr1(here, cells, fakes, tmp_path):
+    """USR1 near the limit: the Slurm backend's batch wrapper, the one USR1 handler, requeues the job
+    (once); the train script it runs ends without marking the training complete."""
     text, out, _ = _train_script(here, cells["qwen3.5-397b.llama-3.1-8b.full.raw"], tmp_path)
-    script = tmp_path / "job.sh"
-    script.write_text(text)
-    env = {**fakes, "SLURM_JOB_ID": "4242", "FAKE_TRAIN_SLEEP": "3"}
-    proc = subprocess.Popen(["bash", str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    job = tmp_path / "job.sh"
+    job.write_text(text)
+    req = JobRequest(name="t", command=["bash", str(job)], workdir=tmp_path, log_path=tmp_path / "t.log",
+                     kind="train")
+    wrapper = tmp_path / "t.sbatch"
+    wrapper.write_text(batch_script(req, SlurmOptions(requeue=True, signal_before_s=REQUEUE_SIGNAL_S)))
+    env = {**fakes, "SLURM_JOB_ID": "4242", "FAKE_TRAIN_SLEEP": "2", "FAKE_SCONTROL_ENDS_JOB": "1"}
+    proc = subprocess.Popen(["bash", str(wrapper)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 20
     while not (tmp_path / "train.jsonl").exists():  # wait until training has started
@@ -450,25 +462,23 @@ def test_train_job_requeues_itself_on_usr1(here, cells, fakes, tmp_path):
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGUSR1)  # what Slurm sends --signal=B:USR1@N before the limit
     stdout, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, stdout
+    assert proc.returncode == -signal.SIGTERM, stdout  # ended by the requeue, as under Slurm
     calls = [json.loads(x) for x in (tmp_path / "scontrol.jsonl").read_text().splitlines()]
     assert calls == [["requeue", "4242"]]
     assert "requeueing" in stdout
+    time.sleep(2.5)  # the orphaned fake trainer ends (Slurm would kill it): nothing marks the run done
     # requeued, not finished: the next start must train (resume), not skip
     assert not (out / "TRAINING_COMPLETE").exists()
 
 
-def test_cpu_render_uses_single_process_launcher(fakes, tmp_path):
-    render_study(ROOT / "configs" / "mini.yaml", tmp_path / "r", store_root=tmp_path / "store")
+def test_cpu_render_trains_through_the_dag_payload(tmp_path):
+    """`render` writes the train node's job as the runner submits it: node_main trains, single process."""
+    render_study(ROOT / "configs" / "mini-ci.yaml", tmp_path / "r", store_root=tmp_path / "store")
     text = (tmp_path / "r" / "cells" / "mini-teacher.tiny.full.raw" / "train.sbatch").read_text()
-    assert "LAUNCHER=python" in text
-    (tmp_path / "store").mkdir()
-    proc = run_script(text, tmp_path, fakes)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    calls = [json.loads(x) for x in (tmp_path / "train.jsonl").read_text().splitlines()]
-    cfg_path = str(tmp_path / "r" / "cells" / "mini-teacher.tiny.full.raw" / "axolotl.yaml")
-    assert calls == [[str(ROOT / "scripts" / "check_axolotl_labels.py"), cfg_path],
-                     ["-m", "axolotl.cli.train", cfg_path]]
+    assert "LAUNCHER=python" in text and "compress_distill.node_main" in text
+    assert "--node train/mini-teacher.tiny.full.raw" in text
+    assert (tmp_path / "r" / "cells" / "mini-teacher.tiny.full.raw" / "axolotl.yaml").exists()
+    assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 
 
 def test_train_job_preflight_gates_a_fresh_start(here, cells, fakes, tmp_path):

@@ -19,10 +19,10 @@ from compress_distill.backends.devcluster import partition_nodes
 from compress_distill.backends.local import LocalBackend
 from compress_distill.backends.slurm import SlurmBackend
 from compress_distill.backends.slurm_cli import check, run_command
-from compress_distill.backends.slurm_script import NICE_CEILING, SlurmOptions, sbatch_argv
 from compress_distill.cli import app
 from compress_distill.config import load_config
 from compress_distill.costmodel import CostModel
+from compress_distill.jobs.flags import NICE_CEILING, SlurmOptions, sbatch_argv
 from compress_distill.plan import Plan, build_plan
 from compress_distill.schedule_slurm import (
     After,

@@ -20,8 +20,8 @@ from compress_distill.backends.base import JobError, JobRequest, JobState, JobSt
 from compress_distill.backends.common import array_task_log, read_state
 from compress_distill.backends.slurm import SlurmBackend
 from compress_distill.backends.slurm_cli import CommandResult, SlurmCommandError, run_command
-from compress_distill.backends.slurm_script import job_name
 from compress_distill.backends.watch import JobWatcher
+from compress_distill.jobs.flags import job_name
 
 from .conftest import need_dev_cluster
 

@@ -15,7 +15,8 @@ import pytest
 from compress_distill.backends import slurm_parse as sp
 from compress_distill.backends.base import JobRequest, JobState
 from compress_distill.backends.common import parse_array_spec
-from compress_distill.backends.slurm_script import SlurmOptions, job_name, render_script, sbatch_argv
+from compress_distill.jobs.flags import SlurmOptions, job_name, sbatch_argv
+from compress_distill.jobs.script import batch_script
 
 S = JobState
 
@@ -282,7 +283,7 @@ def test_script_quotes_every_value(tmp_path: Path) -> None:
                command=["python3", "-c", "import json,os,sys; print(json.dumps([sys.argv[1:], os.getcwd(), "
                         "os.environ['EVIL']]))", *evil])
     script = tmp_path / "job.sbatch"
-    script.write_text(render_script(req, SlurmOptions(requeue=True, signal_before_s=60)))
+    script.write_text(batch_script(req, SlurmOptions(requeue=True, signal_before_s=60)))
     out = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30, check=True).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("[["))
     assert json.loads(line) == [evil, str(wd), "$(touch PWNED2) 'x' \"y\""]
@@ -292,14 +293,14 @@ def test_script_quotes_every_value(tmp_path: Path) -> None:
 
 def test_script_rejects_bad_env_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="environment variable"):
-        render_script(_req(tmp_path, env={"A;B": "x"}), SlurmOptions())
+        batch_script(_req(tmp_path, env={"A;B": "x"}), SlurmOptions())
 
 
 def test_script_forwards_usr1_and_keeps_child_exit_code(tmp_path: Path) -> None:
     """USR1 to the batch shell reaches the job; the job's own exit code is returned."""
     code = "trap 'echo got-usr1; exit 7' USR1; echo ready; while :; do sleep 0.1; done"
     script = tmp_path / "job.sbatch"
-    script.write_text(render_script(_req(tmp_path, command=["bash", "-c", code]), SlurmOptions()))
+    script.write_text(batch_script(_req(tmp_path, command=["bash", "-c", code]), SlurmOptions()))
     p = subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     for line in p.stdout:

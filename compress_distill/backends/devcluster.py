@@ -10,11 +10,13 @@ import os
 import subprocess
 from pathlib import Path
 
+from ..paths import source_checkout
 from .slurm_cli import check, run_command
 
 log = logging.getLogger(__name__)
 
-DEV_CLUSTER_DIR = Path(__file__).resolve().parents[2] / "slurm" / "dev-cluster"
+# A dev tool: the scripts are in the source checkout only (not in the wheel).
+DEV_CLUSTER_DIR = (source_checkout() or Path("/nonexistent")) / "slurm" / "dev-cluster"
 
 
 class DevClusterUnavailable(RuntimeError):
@@ -40,7 +42,9 @@ def ensure_dev_cluster(timeout: float = 900.0) -> None:
         return
     script = DEV_CLUSTER_DIR / "start.sh"
     if not script.exists():
-        raise DevClusterUnavailable(f"{script} not found")
+        raise DevClusterUnavailable("the dev Slurm cluster scripts (slurm/dev-cluster/) come with the source "
+                                    "checkout; this compress_distill is installed without one" if
+                                    source_checkout() is None else f"{script} not found")
     if os.geteuid() != 0:
         raise DevClusterUnavailable("the dev Slurm cluster is not running and starting it needs root "
                                     f"(run: sudo {script})")

@@ -1,6 +1,7 @@
 """SlurmBackend: the JobBackend protocol on a real Slurm cluster (sbatch / squeue / sacct / scancel).
 
-- submit: writes the job script as a FILE next to the log (slurm_script.render_script),
+- submit: writes the batch script as a FILE next to the log (jobs.script.batch_script, the
+  wrapper that requeues on USR1; flags from jobs.flags),
   runs `sbatch --parsable`. The job name is deterministic; before every sbatch the queue
   is searched for a live job of that name, so an sbatch that errored or timed out after
   really submitting is adopted instead of duplicated (and so is a job a crashed
@@ -24,14 +25,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..jobs.flags import GpuRequest, SlurmOptions, job_name, sbatch_argv
+from ..jobs.resources import REQUEUE_SIGNAL_S
+from ..jobs.script import batch_script
 from . import slurm_parse as sp
 from .base import JobRequest, JobState, JobStatus
 from .common import final_record, submit_record, write_state
 from .slurm_cli import CommandResult, Runner, SlurmCommandError, check, is_transient, run_command
-from .slurm_script import GpuRequest, SlurmOptions, job_name, render_script, sbatch_argv
 
 log = logging.getLogger(__name__)
-REQUEUE_SIGNAL_S = 600  # seconds before the time limit that USR1 arrives (as sbatch.REQUEUE_SIGNAL_S)
 
 _LIVE = (JobState.PENDING, JobState.RUNNING, JobState.REQUEUED)
 
@@ -73,10 +75,10 @@ class SlurmBackend:
     def from_profile(cls, profile: Any, **kwargs: Any) -> SlurmBackend:
         """From a config.ClusterProfile (partition, account, qos, gpu_request, gpu_type).
 
-        Jobs are submitted with `--requeue --signal=B:USR1@600`: a job near its time limit
-        gets USR1 (the train template requeues itself and resumes from its checkpoint; a
-        serving job's client resumes from its request shards), unless the profile says
-        `requeue: false` or kwargs say otherwise."""
+        Jobs are submitted with `--requeue --signal=B:USR1@600` (jobs.resources.REQUEUE_SIGNAL_S):
+        a job near its time limit gets USR1 and the batch wrapper requeues it (the train
+        template resumes from its checkpoint, a serving job's client from its request
+        shards), unless the profile says `requeue: false` or kwargs say otherwise."""
         base = {k: getattr(profile, k) for k in ("partition", "account", "qos", "gpu_request", "gpu_type", "requeue")}
         return cls(**{"signal_before_s": REQUEUE_SIGNAL_S, **base, **kwargs})
 
@@ -87,7 +89,7 @@ class SlurmBackend:
         name = job_name(req.name)
         req.log_path.parent.mkdir(parents=True, exist_ok=True)
         script = script_path(req.log_path)
-        _write_executable(script, render_script(req, self.options))
+        _write_executable(script, batch_script(req, self.options))
         argv = sbatch_argv(req, self.options, script)
         job_id = self._submit_once(argv, name)
         with self._lock:

@@ -36,14 +36,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from .. import events
-from ..backends.base import JobState
+from ..backends.base import NOW, After, JobState
 from ..backends.factory import make_backend
 from ..backends.watch import JobWatcher, Watched
 from ..config import StudyConfig
 from ..costmodel import CostModel, measured_hours
 from ..owner import claim
 from ..plan import Plan, build_plan
-from ..runner import NOW, After, NodeOutcome, RunContext, snapshot_config
+from ..runner import NodeOutcome, RunContext, snapshot_config
 from ..scheduler import Policy, Pool, Scheduler, forecast, node_priorities, tasks_from_plan
 from ..selection import expand_force, nodes_for_selection
 from ..store import ArtifactStore

@@ -21,7 +21,8 @@ from prefect.cache_policies import NONE
 from prefect.exceptions import MissingContextError
 
 from .. import events, faults
-from ..runner import NOW, After, NodeOutcome, RunContext, run_node
+from ..backends.base import NOW, After
+from ..runner import NodeOutcome, RunContext, run_node
 
 
 def job_submitted(node_id: str, job_id: str, log_path: Path) -> None:

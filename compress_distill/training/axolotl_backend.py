@@ -41,6 +41,7 @@ import pyarrow.ipc as ipc
 
 from compress_distill.axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
 from compress_distill.config import StudyConfig
+from compress_distill.envchecks import LABEL_CHECK
 from compress_distill.envs import env_dir
 from compress_distill.plan import Node, TrainParams
 from compress_distill.store import atomic_write_text, write_parquet
@@ -54,7 +55,7 @@ OUTPUT_DIR = "axolotl"  # Axolotl's output_dir in the work dir: checkpoints, pre
 CONFIG_FILE = "axolotl.yaml"
 LOG_FILE = "axolotl.log"
 TIMES_FILE = "loss_times.jsonl"  # (step, elapsed_s) per loss line, appended as they arrive
-PREFLIGHT = Path(__file__).resolve().parents[2] / "scripts" / "check_axolotl_labels.py"
+PREFLIGHT = LABEL_CHECK  # run by path with the Axolotl env's python (compress_distill is not installed there)
 
 # On top of `cpu_overlay` (fp32, sdpa, no plugins/FSDP/packing, LoRA kernels off): a loss row
 # per step as TRL logs, tokenisation in-process (two cores), and checkpoints only every
@@ -72,7 +73,7 @@ def axolotl_env(cfg: StudyConfig) -> Path:
     env = env_dir(cfg, "axolotl")
     if env is None:
         raise FileNotFoundError("cluster.envs.axolotl is not set: a Slurm profile must name the Axolotl env "
-                                "that its train jobs use (pinned in slurm/envs/axolotl-gpu.txt)")
+                                "that its train jobs use (pinned in compress_distill/jobs/envs/axolotl-gpu.txt)")
     if not (env / "bin" / "python").exists():
         hint = "cluster.envs.axolotl" if cfg.cluster.envs.axolotl else "run `bash scripts/setup-axolotl.sh`"
         raise FileNotFoundError(f"Axolotl environment {env} not found ({hint})")
@@ -91,7 +92,7 @@ def train_gpus(cfg: StudyConfig, env: Path, want: int) -> int:
         raise RuntimeError(
             f"this train job asked for {want} GPU(s) but the Axolotl env's torch ({env}) sees {seen} "
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Is that env a CUDA "
-            f"build (slurm/envs/axolotl-gpu.txt)? Only a `cluster.device: cpu` profile trains on CPU.\n"
+            f"build (compress_distill/jobs/envs/axolotl-gpu.txt)? Only a `cluster.device: cpu` profile trains on CPU.\n"
             f"{probe.stderr[-500:]}")
     return want
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress_distill.backends.slurm_script import job_name
 from compress_distill.config import parse_config
 from compress_distill.faults import KILL_AT_ENV
+from compress_distill.jobs.flags import job_name
 from compress_distill.owner import OWNER_ENV, tagged
 from compress_distill.plan import build_plan
 

@@ -1,4 +1,4 @@
-"""Pure rendering of sbatch scripts from `slurm/templates/*.sh.j2`.
+"""Pure rendering of job scripts from the package's templates (`jobs/templates/*.sh.j2`).
 
 One function per job kind returns the script text; nothing here touches
 Slurm. Three rules keep config strings from ever becoming shell code:
@@ -10,13 +10,13 @@ Slurm. Three rules keep config strings from ever becoming shell code:
   raw text. Numbers pass (they are inert).
 - `#SBATCH` directive values are not shell, but a newline in one would start
   a shell line, and sbatch splits on spaces; values are checked against a
-  conservative character set and rejected otherwise.
+  conservative character set and rejected otherwise (flags.sbatch_header).
 - Structured inputs the client needs go through files (the Axolotl YAML,
   the config snapshot) whose *paths* are quoted variables.
 
-Resources come from the cluster profile (`cluster.jobs[kind]`); per-call
+Resources come from the cluster profile (`cluster.jobs[kind]`, resources.py); per-call
 `overrides` may change them, and an unknown override key is an error that
-lists the valid ones.
+lists the valid ones. No template requeues: the batch wrapper (script.py) does.
 """
 
 from __future__ import annotations
@@ -24,24 +24,23 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from .config import ClusterProfile, ServeSpec, StudyConfig
-from .envs import env_dir
-from .plan import Cell
-from .vllm_args import server_argv
+from ..config import ServeSpec, StudyConfig
+from ..envs import env_dir
+from ..plan import Cell
+from ..vllm_args import server_argv
+from .flags import sbatch_header
+from .resources import Resources, resolve_resources
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "slurm" / "templates"
-# Seconds before the time limit at which Slurm sends USR1 to a training job's batch shell.
-REQUEUE_SIGNAL_S = 600
+# Package data (pyproject: tool.setuptools.package-data), so an installed wheel has them too.
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 # torchrun/accelerate: one process per GPU; python: a single process (CPU, mini world).
 LAUNCHERS = ("torchrun", "accelerate", "python")
-_DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9._:/@%+=,-]+$")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
@@ -99,83 +98,14 @@ def _env(template_dir: Path) -> jinja2.Environment:
     return env
 
 
-# --------------------------------------------------------------------------- resources
-
-@dataclass(frozen=True)
-class Resources:
-    """Everything the `#SBATCH` header of one job says. Field names are the valid override keys."""
-
-    partition: str | None
-    account: str | None
-    qos: str | None
-    time_limit: str
-    cpus_per_task: int
-    mem: str
-    gpus: int
-    gpu_type: str | None
-    gpu_request: str
-    container: str | None
-    # GPUs the job must see before it starts its work (0 on a `device: cpu` profile, whose GPUs
-    # may be fake): fewer fails the job at once, instead of vLLM or torch quietly using the CPU.
-    require_gpus: int = 0
-    requeue_signal_s: int = REQUEUE_SIGNAL_S
-
-
-RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
-
-
-def resolve_resources(cluster: ClusterProfile, kind: str, gpus: int,
-                      overrides: Mapping[str, Any] | None = None) -> Resources:
-    """Cluster profile + job kind (+ overrides) -> resources. Unknown override keys are an error."""
-    job = cluster.job(kind)
-    res = Resources(
-        partition=cluster.partition, account=cluster.account, qos=cluster.qos,
-        time_limit=job.time_limit, cpus_per_task=job.cpus_for(gpus), mem=job.mem_for(gpus), gpus=gpus,
-        gpu_type=cluster.gpu_type, gpu_request=cluster.gpu_request, container=job.container,
-        require_gpus=gpus if cluster.job_device == "gpu" else 0,
-    )
-    overrides = dict(overrides or {})
-    bad = sorted(set(overrides) - set(RESOURCE_KEYS))
-    if bad:
-        raise ValueError(f"unknown resource key(s) {', '.join(map(repr, bad))}; valid: {', '.join(RESOURCE_KEYS)}")
-    res = replace(res, **overrides)
-    if res.gpu_request not in ("gpus-per-node", "gres"):
-        raise ValueError(f"gpu_request must be 'gpus-per-node' or 'gres', got {res.gpu_request!r}")
-    return res
-
-
-def _directive_value(name: str, value: Any) -> str:
-    text = str(value)
-    if not _DIRECTIVE_SAFE.match(text):
-        raise ValueError(f"#SBATCH --{name}: {text!r} has characters outside [A-Za-z0-9._:/@%+=,-]; "
-                         "rename it or pass the option on the sbatch command line")
-    return text
-
-
-def sbatch_header(res: Resources, job_name: str, log_path: str | Path | None = None,
-                  extra: Sequence[str] = ()) -> list[_Quoted]:
-    """The `#SBATCH` lines: single node, one task, resources from `res`."""
-    opts: list[tuple[str, Any]] = [("job-name", job_name), ("nodes", 1), ("ntasks", 1),
-                                   ("cpus-per-task", res.cpus_per_task), ("mem", res.mem),
-                                   ("time", res.time_limit)]
-    for name in ("partition", "account", "qos"):
-        if getattr(res, name):
-            opts.append((name, getattr(res, name)))
-    if res.gpus > 0:
-        typed = f"{res.gpu_type}:{res.gpus}" if res.gpu_type else str(res.gpus)
-        if res.gpu_request == "gres":
-            opts.append(("gres", f"gpu:{typed}"))
-        else:
-            opts.append(("gpus-per-node", typed))
-    if log_path is not None:
-        opts.append(("output", log_path))
-    lines = [f"#SBATCH --{k}={_directive_value(k, v)}" for k, v in opts]
-    lines += [f"#SBATCH {_directive_value('option', e)}" for e in extra]
-    return [_Quoted(line) for line in lines]
+def _header(res: Resources, job_name: str, log_path: str | Path | None = None,
+            extra: Sequence[str] = ()) -> list[_Quoted]:
+    """The `#SBATCH` lines (flags.sbatch_header, the one flag writer), marked safe: checked there."""
+    return [_Quoted(line) for line in sbatch_header(res, job_name, log_path, extra)]
 
 
 # In place of the #SBATCH lines when the runner submits a script through a job backend:
-# there, the resources go on the sbatch command line (backends/slurm_script.py).
+# there, the resources go on the sbatch command line (flags.sbatch_argv).
 NO_HEADER = [_Quoted("# Resources: on the sbatch command line of the job backend (see the .sbatch file"
                      " next to the log)")]
 SERVERS = ("vllm", "cpu", "stage")  # stage: no server in the job, the stage serves itself
@@ -229,7 +159,7 @@ def render_vllm_job(
     vllm_argv = server_argv(model, serve, env=str(env) if env else None, device=cfg.cluster.job_device,
                             served_model_name=name, extra=extra_serve_args)
     return _render(
-        template, template_dir, header=sbatch_header(res, job_name, log_path) if header else NO_HEADER,
+        template, template_dir, header=_header(res, job_name, log_path) if header else NO_HEADER,
         res=res, model=model, served_model_name=name, client_model=client_model or name, serve=serve,
         vllm_argv=vllm_argv, client_argv=list(client_argv), client_env=_check_env_names(client_env or {}),
         workdir=str(workdir), log_dir=str(log_dir or workdir), **_server_args(server, cpu_server_argv),
@@ -242,15 +172,17 @@ def render_train_job(
     workdir: str | Path, log_path: str | Path | None = None, launcher: str = "torchrun",
     preflight: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
     template_dir: Path | None = None, trainer_argv: Sequence[str] = (), gpus: int | None = None,
-    header: bool = True,
+    header: bool = True, kind: str = "train",
 ) -> str:
-    """One-node Axolotl training with `--requeue`, a USR1 self-requeue and checkpoint auto-resume.
+    """One-node Axolotl training with checkpoint auto-resume (requeue: the batch wrapper, script.py).
 
     `preflight`: a script run as `python PREFLIGHT AXOLOTL_CONFIG` in the job's environment
-    before a fresh start (scripts/check_axolotl_labels.py); a non-zero exit fails the job.
+    before a fresh start (envchecks/check_axolotl_labels.py); a non-zero exit fails the job.
     `trainer_argv`: a command that trains instead of the Axolotl launcher (the runner's
     node_main for `training.backend: trl`); `cell` may then be None with `gpus` given
-    (e.g. a mini-world build node). `header=False`: no #SBATCH lines.
+    (e.g. a mini-world build node). `header=False`: no #SBATCH lines. The header asks for no
+    requeue: `--requeue --signal=B:USR1@N` go on the Slurm backend's argv, and its batch
+    wrapper (script.py) is what requeues on USR1.
     """
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}; got {launcher!r}")
@@ -258,11 +190,10 @@ def render_train_job(
         if cell is None:
             raise ValueError("render_train_job needs a cell or gpus")
         gpus = cell.gpus
-    res = resolve_resources(cfg.cluster, "train", gpus, overrides)
-    extra = ["--requeue", f"--signal=B:USR1@{res.requeue_signal_s}", "--open-mode=append"]
+    res = resolve_resources(cfg.cluster, kind, gpus, overrides)
     return _render(
         "train_axolotl.sh.j2", template_dir,
-        header=sbatch_header(res, job_name, log_path, extra) if header else NO_HEADER, res=res,
+        header=_header(res, job_name, log_path) if header else NO_HEADER, res=res,
         axolotl_config=str(axolotl_config), output_dir=str(output_dir),
         nproc=max(gpus, 1), launcher=launcher, workdir=str(workdir),
         preflight=str(preflight) if preflight else "", trainer_argv=list(trainer_argv),
@@ -274,7 +205,8 @@ def render_eval_job(
     cfg: StudyConfig, cell: Cell, *, job_name: str, checkpoint: str | Path, client_argv: Sequence[str],
     workdir: str | Path, log_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
     template_dir: Path | None = None, server: str = "vllm", cpu_server_argv: Sequence[str] = (),
-    log_dir: str | Path | None = None, merged: bool = False, header: bool = True, lora_rank: int | None = None,
+    log_dir: str | Path | None = None, merged: bool = False, header: bool = True, kind: str = "eval",
+    lora_rank: int | None = None,
 ) -> str:
     """Serve one trained checkpoint with vLLM (greedy, the evaluation token cap) and run the eval client.
 
@@ -301,7 +233,7 @@ def render_eval_job(
         client_argv=client_argv, workdir=workdir, log_path=log_path,
         served_model_name="student-base" if lora_rank else "student", client_model="student",
         client_env={"CD_EVAL_MAX_TOKENS": ev.max_tokens, "CD_EVAL_TEMPERATURE": ev.temperature},
-        extra_serve_args=extra, kind="eval", overrides=overrides, template_dir=template_dir, server=server,
+        extra_serve_args=extra, kind=kind, overrides=overrides, template_dir=template_dir, server=server,
         cpu_server_argv=cpu_server_argv, log_dir=log_dir, header=header, template="eval_job.sh.j2",
         checkpoint=str(checkpoint),
     )

