@@ -15,8 +15,6 @@ import ast
 from functools import cache
 from pathlib import Path
 
-import pytest
-
 from .conftest import REPO
 
 PACKAGE = "compress_distill"
@@ -87,7 +85,6 @@ def test_core_never_imports_prefect() -> None:
     assert violations(core, PREFECT) == []
 
 
-@pytest.mark.xfail(strict=False, reason="tasks/nodes.py: lead fixes in the scheduler change")
 def test_tasks_never_import_flows() -> None:
     assert violations(_subpackage("tasks"), (f"{PACKAGE}.flows",)) == []
 
@@ -132,7 +129,6 @@ def test_no_import_cycle_among_flows_modules() -> None:
     assert f"{PACKAGE}.flows.cancel" in graph[f"{PACKAGE}.flows.grid"]  # the graph has edges
 
 
-@pytest.mark.xfail(strict=False, reason="plan.py: another helper removes these imports")
 def test_plan_imports_neither_serving_nor_miniworld() -> None:
     plan = {f"{PACKAGE}.plan": ROOT / "plan.py"}
     assert violations(plan, (f"{PACKAGE}.serving", f"{PACKAGE}.miniworld")) == []
