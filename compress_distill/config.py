@@ -339,6 +339,16 @@ class WeightsSpec(Strict):
         return v
 
 
+class ReplaySpec(Strict):
+    """Replay the plan's schedule instead of running it (bench/bench_replay.py): each job's payload
+    is `sleep <the cost model's hours x seconds_per_hour>` with the node's GPU count, CPU steps
+    do nothing, and everything else (the flow, its scheduler, the job scripts, sbatch, the
+    watcher, the store) is what a real run uses. Part of every key: a replay's artifacts are
+    empty and must never pass for real ones."""
+
+    seconds_per_hour: float = Field(gt=0)
+
+
 class ClusterProfile(Strict):
     backend: Literal["local", "slurm"] = "local"
     partition: str | None = None
@@ -358,6 +368,7 @@ class ClusterProfile(Strict):
     # model's estimates, and what it would start within this many seconds is submitted now, queued
     # behind the jobs it waits for (--dependency); slurmctld starts it the moment they end. 0: off.
     submit_ahead_s: float = Field(0.0, ge=0)
+    replay: ReplaySpec | None = None
     local_workers: int = Field(2, ge=1)
     jobs: dict[Literal["vllm", "train", "eval", "cpu"], JobResources] = {}
     envs: JobEnvs = JobEnvs()

@@ -137,11 +137,14 @@ class Plan:
     def identity(self, node_id: str) -> dict[str, Any]:
         """Everything hashed into the node's key; also what `explain` diffs."""
         node = self.nodes[node_id]
+        replay = self.config.cluster.replay
         return {
             "stage": node.stage,
             "code_version": CODE_VERSIONS[node.stage],
             "params": _jsonable(node.params),
             "upstream": {dep: self.keys[dep] for dep in node.deps},
+            # a replay's (empty) artifacts get keys of their own; real keys are unchanged
+            **({"replay": replay.seconds_per_hour} if replay is not None else {}),
         }
 
     def train_params(self, cell: Cell) -> TrainParams:

@@ -170,7 +170,8 @@ class _Admitted:
         cluster = run.cfg.cluster
         backend = run.ctx.backend
         self.ahead_s = cluster.submit_ahead_s if backend is not None and backend.name == "slurm" else 0.0
-        self.hour_s = 3600.0
+        # the cost model's hours on the wall clock: a replay runs them at seconds_per_hour
+        self.hour_s = cluster.replay.seconds_per_hour if cluster.replay is not None else 3600.0
 
     def job_submitted(self, node_id: str, job_id: str, log_path: Path) -> None:
         self.job_of[node_id] = job_id

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..backends.base import NOW, After, JobRequest
 from ..config import ServeSpec, StudyConfig
+from ..costmodel import CostModel
 from ..envs import LOCAL_DEFAULTS, env_dir
 from ..plan import Node, Plan
 from ..serving import mini_model_dir, resolve_model_dir
@@ -173,6 +174,39 @@ class NodeJob:
                           after=after.ok, after_end=after.end)
 
 
+# What a job leaves in its attempt dir last, after every output: the runner commits only then.
+RESULT_FILE = "_result.json"
+REPLAY_STAMPS = "replay-stamps.txt"  # a replay job's start and end, epoch seconds (ns), in its artifact
+# How long a job submitted ahead of its inputs' commits waits for them (node_main, a replay job).
+INPUT_WAIT_ENV = "COMPRESS_DISTILL_INPUT_WAIT_S"
+INPUT_WAIT_S = 600
+_REPLAY_SH = """
+deadline=$(( $(date +%s) + $3 ))
+for m in "${@:4}"; do   # wait for the inputs' manifests, as node_main waits for their commits
+  while [ ! -f "$m" ]; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then echo "replay: input not committed: $m" >&2; exit 1; fi
+    sleep 0.02
+  done
+done
+date +%s.%N > "$1/STAMPS"
+sleep "$2"
+date +%s.%N >> "$1/STAMPS"
+printf '{"rows": {}, "metrics": {}, "placeholder": true}' > "$1/RESULT"
+""".replace("STAMPS", REPLAY_STAMPS).replace("RESULT", RESULT_FILE)
+
+
+def replay_payload(plan: Plan, store: ArtifactStore, node_id: str, out: Path) -> list[str]:
+    """cluster.replay: the node's job sleeps its estimated hours (cost model) x seconds_per_hour,
+    after its inputs are committed, and stamps its start and end into its artifact."""
+    replay = plan.config.cluster.replay
+    assert replay is not None
+    node = plan.nodes[node_id]
+    seconds = (CostModel().estimate(plan, node).hours or 0.0) * replay.seconds_per_hour
+    manifests = [str(store.path(plan.nodes[d].stage, plan.nodes[d].name, plan.keys[d]).absolute() / "manifest.json")
+                 for d in node.deps]
+    return ["bash", "-c", _REPLAY_SH, "replay", str(out.absolute()), f"{seconds:.3f}", str(INPUT_WAIT_S), *manifests]
+
+
 def node_job(plan: Plan, store: ArtifactStore, node_id: str, *, config_path: Path, out: Path,
              workdir: Path | None = None, overrides: Mapping[str, Any] | None = None,
              require_env: bool = True) -> NodeJob:
@@ -185,7 +219,8 @@ def node_job(plan: Plan, store: ArtifactStore, node_id: str, *, config_path: Pat
     node = plan.nodes[node_id]
     workdir = workdir or Path.cwd()
     name = request_name(plan, node_id)
-    payload = payload_argv(cfg, node, config_path=config_path, store_root=store.root, out=out)
+    payload = (replay_payload(plan, store, node_id, out) if cfg.cluster.replay is not None
+               else payload_argv(cfg, node, config_path=config_path, store_root=store.root, out=out))
     script = render_node_script(plan, store, node_id, payload=payload, workdir=workdir,
                                 log_dir=job_dir(plan, store, node_id), job_name=job_name(name), overrides=overrides,
                                 require_env=require_env)
