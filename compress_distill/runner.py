@@ -203,11 +203,15 @@ def _run_as_job(ctx: RunContext, node_id: str, tmp: Path, after: After = NOW) ->
         ctx.on_job(node_id, job_id, log_path)
     faults.reached("after-submit", node_id)
     try:
-        status = ctx.watcher.wait([job_id])[job_id]  # raises JobError (with the log tail) on failure
+        status = _wait_for_stage(ctx, job_id, tmp)  # raises JobError (with the log tail) on failure
     except JobError as e:
         log.error("%s: job %s ended %s on %s, log %s", node_id, job_id, e.status.state.value,
                   e.status.node or "?", log_path)
         raise
+    if status is None:
+        log.info("%s: job %s wrote its result; committing without waiting for the job's end, log %s",
+                 node_id, job_id, log_path)
+        return job_id
     log.info("%s: job %s %s on node %s in %.0fs, log %s", node_id, job_id, status.state.value,
              status.node or "?", status.elapsed_s or 0.0, log_path)
     if status.state is not JobState.COMPLETED or not (tmp / RESULT_FILE).is_file():
@@ -216,6 +220,21 @@ def _run_as_job(ctx: RunContext, node_id: str, tmp: Path, after: After = NOW) ->
                                reason=f"the job wrote no {RESULT_FILE} into {tmp}")
         raise JobError(job_id, status, log_tail(log_path))
     return job_id
+
+
+def _wait_for_stage(ctx: RunContext, job_id: str, tmp: Path) -> JobStatus | None:
+    """The job's final status, or None as soon as its stage is done: node_main (and a replay job)
+    writes the result file last, after every output, so the attempt dir is complete then. The
+    node commits without waiting for the job's teardown (a model server stopping) or for the
+    watcher's next poll of the queue (its interval backs off to 30 s); the file is checked every
+    `ctx.poll_s`. A failure the queue reports first still raises."""
+    assert ctx.watcher is not None
+    while True:
+        try:
+            return ctx.watcher.wait([job_id], timeout=ctx.poll_s)[job_id]
+        except TimeoutError:
+            if (tmp / RESULT_FILE).is_file():
+                return None
 
 
 def _adoptable(ctx: RunContext, name: str, job_dir: Path, tmp: Path) -> tuple[str, Path, bool] | None:

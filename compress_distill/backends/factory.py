@@ -13,4 +13,7 @@ def make_backend(cfg: StudyConfig) -> JobBackend | None:
         return LocalBackend(max_workers=cfg.cluster.local_workers)
     from .slurm import SlurmBackend
 
-    return SlurmBackend.from_profile(cfg.cluster)
+    # adopt_existing=False: the runner looks for a live job of the node's name before it submits
+    # (runner._adoptable, adoption before sweep); a second squeue in submit() would only add latency.
+    # The backend still looks before it retries a failed sbatch (that one may have gone through).
+    return SlurmBackend.from_profile(cfg.cluster, adopt_existing=False)

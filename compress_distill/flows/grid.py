@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, tags
+from prefect import flow, get_run_logger
 from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run as flow_run_ctx
 from prefect.states import State
@@ -126,13 +126,18 @@ def _prepare(params: GridParams, run_id: str, attempt: int, logger: Any) -> _Run
         for hook in list(hooks):
             hook(w)
 
+    # How often a waiting node checks its attempt dir for the result file, and how far the queue's
+    # poll interval backs off: a replay runs paper hours in seconds, so it looks that much more often.
+    replay = cfg.cluster.replay
+    poll_s = min(1.0, max(0.05, 0.1 * replay.seconds_per_hour)) if replay is not None else 1.0
     if backend is not None:
         backend = RecordingBackend(backend, record)
-        watcher = JobWatcher(backend, initial_interval=0.5, on_change=changed)
+        watcher = JobWatcher(backend, initial_interval=0.5, max_interval=2.0 if replay is not None else 30.0,
+                             on_change=changed)
     cost = CostModel(measured_hours(plan, store))  # earlier runs' manifests refine the estimates
     ctx = RunContext(
         plan=plan, store=store, config_path=snapshot_config(plan, store), backend=backend, watcher=watcher,
-        force=force, dry_run=params.dry_run,
+        force=force, dry_run=params.dry_run, poll_s=poll_s,
         on_job=job_submitted,
         # the scheduler's priority (longest remaining path, minutes) also goes to the backend's queue
         priorities=node_priorities(plan, cost),
@@ -183,10 +188,12 @@ class _Admitted:
             self.events.put(("running", node_of_job(w.request.name)))
 
     def start(self, nid: str, after: After = NOW) -> None:
-        node = self.run.plan.nodes[nid]
-        with tags(f"stage:{node.stage}", *([f"cell:{node.cell.name}"] if node.cell else [])):
-            # quote(): else Prefect walks the whole RunContext (plan, config) of every task for futures
-            fut = run_node_task.submit(quote(self.run.ctx), nid, after)  # type: ignore[call-overload]
+        # No Prefect tags on node task runs: Prefect 3.8 acquires a concurrency lease on the server
+        # for every tag of every task run ("tag:<tag>"), measured at ~2 s per task run (median;
+        # p90 6 s) against `run`'s server, against 5 ms without tags. The run's name
+        # `<stage>/<name>` carries the stage and the cell; the UI filters task runs by name.
+        # quote(): else Prefect walks the whole RunContext (plan, config) of every task for futures
+        fut = run_node_task.submit(quote(self.run.ctx), nid, after)  # type: ignore[call-overload]
         self.futures[nid] = fut
         fut.add_done_callback(lambda _f, nid=nid: self.events.put(("end", nid)))
 
@@ -196,6 +203,8 @@ class _Admitted:
         afterok) and the jobs planned before it on its node (afterany)."""
         sched, plan = self.sched, self.run.plan
         now = time.monotonic()
+        # a node admitted now starts about now (its GPUs are free); one submitted ahead, once
+        # the watcher saw it RUNNING
         remaining = {t: max(0.0, sched.tasks[t].hours - (now - self.running_since[t]) / self.hour_s)
                      for t in sched.running if t in self.running_since}
         for planned in forecast(sched, remaining, self.ahead_s / self.hour_s):
@@ -236,13 +245,14 @@ class _Admitted:
         deferred: list[str] = []
         while True:
             for p in sched.pick():
+                self.running_since[p.task.id] = time.monotonic()
                 self.start(p.task.id)
             if self.ahead_s > 0:
                 self.submit_ahead()
             if not sched.running and not sched.queued:
                 break
             try:  # with submit-ahead, the forecast also moves with the clock
-                kind, nid = self.events.get(timeout=min(self.ahead_s, 5.0) if self.ahead_s > 0 else None)
+                kind, nid = self.events.get(timeout=min(self.ahead_s / 4, 5.0) if self.ahead_s > 0 else None)
             except queue.Empty:
                 continue
             if kind == "end":
