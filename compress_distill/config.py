@@ -368,6 +368,10 @@ class ClusterProfile(Strict):
     # model's estimates, and what it would start within this many seconds is submitted now, queued
     # behind the jobs it waits for (--dependency); slurmctld starts it the moment they end. 0: off.
     submit_ahead_s: float = Field(0.0, ge=0)
+    # A dedicated pool, node by node (Slurm node names, `nodes` of them): each job is pinned
+    # (--nodelist) where the flow's scheduler placed it, so its packing model is what runs.
+    # Empty: Slurm places jobs (a shared partition).
+    node_names: list[str] = []
     replay: ReplaySpec | None = None
     local_workers: int = Field(2, ge=1)
     jobs: dict[Literal["vllm", "train", "eval", "cpu"], JobResources] = {}
@@ -402,6 +406,16 @@ class ClusterProfile(Strict):
         if self.device is not None:
             return self.device
         return "gpu" if self.backend == "slurm" and self.gpus_per_node > 0 else "cpu"
+
+    @model_validator(mode="after")
+    def _check_node_names(self) -> ClusterProfile:
+        if self.node_names and len(self.node_names) != self.nodes:
+            raise ValueError(f"node_names lists {len(self.node_names)} node(s) but nodes is {self.nodes}: "
+                             "name every node of the pool, or none")
+        bad = [n for n in self.node_names if not re.fullmatch(r"[A-Za-z0-9._-]+", n)]
+        if bad:
+            raise ValueError(f"node_names: {bad[:3]} are not Slurm node names ([A-Za-z0-9._-])")
+        return self
 
 
 class GridBlock(Strict):

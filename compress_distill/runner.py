@@ -301,7 +301,7 @@ def _submit(ctx: RunContext, node_id: str, name: str, job_dir: Path, tmp: Path,
     script = job_dir / f"attempt-{stamp}.sh"
     atomic_write_text(script, job.script)
     req = job.request(script, log_path, Path.cwd(), priority=ctx.priorities.get(node_id),
-                      extra_env={**({INPUT_WAIT_ENV: str(INPUT_WAIT_S)} if after != NOW else {}), **ctx.extra_env},
+                      extra_env={**({INPUT_WAIT_ENV: str(INPUT_WAIT_S)} if after.waits else {}), **ctx.extra_env},
                       after=after)
     job_id = ctx.watcher.submit(req)
     _write_job_record(ctx, job_dir, node_id, job_id, log_path, script)

@@ -67,15 +67,25 @@ class JobRequest:
     # ahead (schedule_slurm.py). The local backend starts jobs at submit and refuses both.
     after: tuple[str, ...] = ()
     after_end: tuple[str, ...] = ()
+    # Run on exactly this node (Slurm: --nodelist): the flow's scheduler placed it there, in a
+    # pool the profile names node by node (cluster.node_names). The local backend ignores it.
+    node: str | None = None
 
 
 @dataclass(frozen=True)
 class After:
-    """The jobs a job is queued behind (submit-ahead, scheduler.forecast): those in `ok` must
-    complete (if one fails, Slurm cancels it), those in `end` must only have ended."""
+    """Where and behind what the scheduler puts a node's job: the jobs it is queued behind
+    (submit-ahead, scheduler.forecast; those in `ok` must complete, and if one fails Slurm
+    cancels it; those in `end` must only have ended), and the pool node it was placed on
+    (None: the backend places it)."""
 
     ok: tuple[str, ...] = ()
     end: tuple[str, ...] = ()
+    node: str | None = None
+
+    @property
+    def waits(self) -> bool:
+        return bool(self.ok or self.end)
 
 
 NOW = After()

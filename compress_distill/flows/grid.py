@@ -187,6 +187,10 @@ class _Admitted:
         if w.request is not None and w.status is not None and w.status.state is JobState.RUNNING:
             self.events.put(("running", node_of_job(w.request.name)))
 
+    def pinned(self, pool_node: int | None) -> str | None:
+        names = self.run.cfg.cluster.node_names
+        return names[pool_node] if names and pool_node is not None else None
+
     def start(self, nid: str, after: After = NOW) -> None:
         # No Prefect tags on node task runs: Prefect 3.8 acquires a concurrency lease on the server
         # for every tag of every task run ("tag:<tag>"), measured at ~2 s per task run (median;
@@ -218,7 +222,7 @@ class _Admitted:
             end = tuple(sorted({self.job_of[t] for t in planned.behind
                                 if t in self.job_of and t not in sched.done and self.job_of[t] not in ok}))
             sched.queue(tid, planned.placement.node)
-            self.start(tid, After(ok, end))
+            self.start(tid, After(ok, end, self.pinned(planned.placement.node)))
 
     def ended(self, nid: str, progress: artifacts.StageProgress) -> None:
         fut = self.futures[nid]
@@ -246,7 +250,7 @@ class _Admitted:
         while True:
             for p in sched.pick():
                 self.running_since[p.task.id] = time.monotonic()
-                self.start(p.task.id)
+                self.start(p.task.id, After(node=self.pinned(p.node)))
             if self.ahead_s > 0:
                 self.submit_ahead()
             if not sched.running and not sched.queued:

@@ -171,6 +171,8 @@ def sbatch_argv(req: JobRequest, opts: SlurmOptions, script: Path) -> list[str]:
         argv.append(f"--nice={nice}")
     if req.after or req.after_end:
         argv += [f"--dependency={dependency_arg(req.after, req.after_end)}", "--kill-on-invalid-dep=yes"]
+    if req.node is not None:
+        argv.append(f"--nodelist={directive_value('nodelist', req.node)}")
     argv += list(opts.extra_args)
     argv.append(str(script))
     return argv

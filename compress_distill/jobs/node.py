@@ -171,7 +171,7 @@ class NodeJob:
         return JobRequest(name=self.name, command=["bash", str(script_path)], workdir=workdir, log_path=log_path,
                           kind=self.kind, gpus=res.gpus, cpus=res.cpus_per_task, mem=res.mem,
                           time_limit=res.time_limit, priority=priority, env={**self.env, **(extra_env or {})},
-                          after=after.ok, after_end=after.end)
+                          after=after.ok, after_end=after.end, node=after.node)
 
 
 # What a job leaves in its attempt dir last, after every output: the runner commits only then.
