@@ -1,9 +1,10 @@
 """Readiness-based list scheduling of the plan DAG over a GPU pool. Pure: no I/O, no Prefect.
 
 One implementation, two drivers: `simulate` runs `Scheduler` on a discrete-event clock
-(estimated hours), `schedule_slurm.run_on_backend` runs the SAME `Scheduler` against real
-jobs. Each driver only says "these tasks finished"; the scheduler alone decides what
-starts next and where.
+(estimated hours; `plan --simulate`), and the grid flow (flows/grid.py, what `compress-distill
+run` and the Prefect UI launch) runs the SAME `Scheduler` against real jobs, a replay's
+sleep jobs included (bench/bench_replay.py). Each driver only says "these tasks finished";
+the scheduler alone decides what starts next and where.
 
 Rules (issue 7):
 - A task is ready as soon as all its deps are done; never at stage boundaries

@@ -1,38 +1,23 @@
 """scheduler.py: priorities, capacity, fair share, the simulation on toy and paper DAGs; one short
-replay through the real dev Slurm cluster (schedule_slurm.py)."""
+replay through `compress-distill run` on the dev cluster: tests/test_flow_schedule.py."""
 
 from __future__ import annotations
 
 import math
-import tempfile
 import time
-import uuid
 from collections.abc import Iterable
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from compress_distill.backends.base import JobRequest
-from compress_distill.backends.devcluster import partition_nodes
 from compress_distill.backends.local import LocalBackend
-from compress_distill.backends.slurm import SlurmBackend
-from compress_distill.backends.slurm_cli import check, run_command
 from compress_distill.cli import app
 from compress_distill.config import load_config
 from compress_distill.costmodel import CostModel
 from compress_distill.jobs.flags import NICE_CEILING, SlurmOptions, sbatch_argv
 from compress_distill.plan import Plan, build_plan
-from compress_distill.schedule_slurm import (
-    After,
-    DriveResult,
-    read_stamps,
-    run_on_backend,
-    sleep_job_name,
-    sleep_request,
-    sleep_submitter,
-)
 from compress_distill.scheduler import (
     Placement,
     Planned,
@@ -52,7 +37,7 @@ from compress_distill.scheduler import (
     tasks_from_plan,
 )
 
-from .conftest import CONFIGS, need_dev_cluster
+from .conftest import CONFIGS
 
 
 def T(tid: str, gpus: int, hours: float, deps: Iterable[str] = (), kind: str = "train", index: int = 0,
@@ -410,158 +395,6 @@ def test_local_backend_refuses_to_wait_for_other_jobs(tmp_path: Path) -> None:
         LocalBackend().submit(req)
 
 
-# --------------------------------------------------------------------------- the real dev cluster
-
-@pytest.mark.slurm
-def test_short_replay_on_the_dev_cluster() -> None:
-    """A handful of sleep jobs (hours read as seconds) through the real slurmctld: the order,
-    the placement and the caps the scheduler decided are what Slurm ran."""
-    need_dev_cluster()
-    nodes = partition_nodes()[:2]
-    if len(nodes) < 2:
-        pytest.skip("needs 2 nodes")
-    # Durations far apart compared with Slurm's ~1 s start latency, so the real run takes the
-    # same decisions as the simulation: g | b, a (3 jobs = max_jobs); a ends -> d (c does not
-    # fit yet); b ends -> c; g ends -> v (0 h, no job) and t1.
-    ts = tasks(T("train/a", 4, 2), T("train/b", 4, 4), T("train/c", 8, 1), T("train/d", 4, 1),
-               T("generate/g", 8, 8, kind="vllm"), T("train/t1", 4, 3, ["generate/g"]),
-               T("verify/v", 0, 0, ["generate/g"], kind="cpu"))
-    pool = Pool(2, 8, max_jobs=3, shares={})
-    sim = simulate_tasks(ts, pool)
-    sched = Scheduler(ts, pool)
-    with tempfile.TemporaryDirectory(prefix="sched-replay-") as tmp:
-        tag = f"ts{uuid.uuid4().hex[:6]}"
-        backend, submit = sleep_submitter(Path(tmp), 1.0, tag=tag, partition="debug", pin_nodes=nodes)
-        res = run_on_backend(sched, backend, submit, node_names=nodes, poll_s=0.25, timeout_s=110)
-    assert not res.failed
-    rows = {r.task: r for r in res.rows}
-    assert set(rows) == set(ts) and all(r.state == "COMPLETED" for r in rows.values())
-    assert rows["verify/v"].job_id is None  # 0-hour CPU step: done in the driver, no job
-    # submission order of the first wave = priority order; the rest waited for room
-    first = sorted((r for r in rows.values() if r.job_id), key=lambda r: r.submit_s)
-    assert [r.task for r in first[:3]] == ["generate/g", "train/b", "train/a"]
-    assert rows["train/d"].submit_s >= (rows["train/a"].end_s or 0)
-    assert rows["train/c"].submit_s >= (rows["train/b"].end_s or 0)
-    assert rows["train/t1"].submit_s >= (rows["generate/g"].end_s or 0)
-    # Slurm ran every job on the node the scheduler chose, within the caps
-    acct = {}
-    ids = [r.job_id for r in rows.values() if r.job_id]
-    out = check(run_command(["sacct", "-X", "-n", "-P", f"--jobs={','.join(ids)}",
-                             "--format=JobID,NodeList,Start,End"], 60)).stdout
-    for line in out.splitlines():
-        jid, node, start, end = line.split("|")
-        acct[jid] = (node, start, end)
-    by_task = {r.task: r for r in rows.values() if r.job_id}
-    for r in by_task.values():
-        assert r.node is not None and acct[r.job_id][0] == nodes[r.node], (r.task, acct[r.job_id])
-    events = sorted([(acct[r.job_id][1], 1, r) for r in by_task.values()]
-                    + [(acct[r.job_id][2], 0, r) for r in by_task.values()], key=lambda e: (e[0], e[1]))
-    used, jobs = [0, 0], 0
-    for _, starting, r in events:
-        assert r.node is not None
-        used[r.node] += r.gpus if starting else -r.gpus
-        jobs += 1 if starting else -1
-        assert used[r.node] <= 8 and jobs <= 3
-    # the simulation made the same placement decisions
-    assert {r.task: r.node for r in sim.rows} == {r.task: r.node for r in rows.values()}
-    assert res.makespan_s < sim.makespan_h + 15  # 1 s per hour, plus ~1 s Slurm latency per job
-
-
-@pytest.mark.slurm
-def test_jobs_submitted_ahead_start_as_their_inputs_end() -> None:
-    """Submit-ahead on the real slurmctld: each job is queued before its inputs end (afterok,
-    through a 0-hour step) or before the jobs ahead of it on its node end (afterany), and
-    starts within a fraction of a second of that: not one driver poll (0.5 s here) plus one
-    slurmctld pass (up to 1 s) later."""
-    need_dev_cluster()
-    node = partition_nodes()[0]
-    ts = tasks(T("generate/g", 8, 2, kind="vllm"), T("verify/v", 0, 0, ["generate/g"], kind="cpu"),
-               T("compress/c", 8, 1, ["verify/v"], kind="vllm"), T("train/t", 4, 1.5, ["compress/c"]),
-               T("train/r", 4, 1, ["verify/v"]), T("train/s", 4, 1, ["verify/v"]))
-    tag = f"ah{uuid.uuid4().hex[:6]}"
-    with tempfile.TemporaryDirectory(prefix="sched-ahead-") as tmp:
-        backend, submit = sleep_submitter(Path(tmp), 1.0, tag=tag, partition="debug", pin_nodes=[node], stamps=True)
-        wall0 = time.time()
-        res = run_on_backend(Scheduler(ts, Pool(1, 8, shares={})), backend, submit, node_names=[node],
-                             poll_s=0.5, timeout_s=90, ahead_s=3.0, seconds_per_hour=1.0,
-                             clock=lambda: time.time() - wall0)
-        jobs = {r.task: r for r in res.rows if r.job_id}
-        span = {r.job_id: read_stamps(Path(tmp), sleep_job_name(tag, t)) for t, r in jobs.items()}
-    assert not res.failed and set(jobs) == {"generate/g", "compress/c", "train/t", "train/r", "train/s"}
-    g, c = jobs["generate/g"].job_id, jobs["compress/c"].job_id
-    assert jobs["compress/c"].waits_for == (g,)          # through the 0-hour verify step
-    assert set(jobs["train/r"].waits_for) == {g, c}      # its input, and the job ahead of it on the node
-    for t, r in jobs.items():
-        start = span[r.job_id]
-        assert start is not None, t
-        if r.waits_for:
-            ready = max(span[j][1] for j in r.waits_for)  # type: ignore[index]
-            assert wall0 + r.submit_s < ready, t  # queued before it could run
-            assert 0 <= start[0] - ready < 0.4, (t, start[0] - ready)
-    # and Slurm kept the planned order on the node: c took it before r and s
-    assert span[c][0] < min(span[jobs[t].job_id][0] for t in ("train/r", "train/s"))  # type: ignore[index]
-
-
-@pytest.mark.slurm
-def test_a_failed_input_cancels_the_jobs_queued_behind_it() -> None:
-    """Dead jobs lose nothing and hang nothing: when a job fails, Slurm cancels what was
-    submitted ahead on its output (--kill-on-invalid-dep), and the driver ends, reporting each."""
-    need_dev_cluster()
-    node = partition_nodes()[0]
-    ts = tasks(T("generate/g", 8, 1, kind="vllm"), T("compress/c", 8, 1, ["generate/g"], kind="vllm"),
-               T("train/t", 4, 1, ["compress/c"]))
-    backend = SlurmBackend(partition="debug", adopt_existing=False, extra_args=(f"--nodelist={node}",))
-    tag = f"af{uuid.uuid4().hex[:6]}"
-    with tempfile.TemporaryDirectory(prefix="sched-fail-") as tmp:
-        def submit(p: Placement, after: After) -> str:
-            req = sleep_request(p, Path(tmp), 1.0, tag=tag, after=after, min_s=1.0)
-            if p.task.id == "generate/g":
-                req = replace(req, command=["sh", "-c", "sleep 1; exit 3"])
-            return backend.submit(req)
-
-        res = run_on_backend(Scheduler(ts, Pool(1, 8, shares={})), backend, submit, node_names=[node],
-                             poll_s=0.3, timeout_s=60, ahead_s=5.0, seconds_per_hour=1.0)
-    states = {r.task: r.state for r in res.rows}
-    assert states == {"generate/g": "FAILED", "compress/c": "CANCELLED", "train/t": "CANCELLED"}, states
-    assert sorted(res.failed) == sorted(states)
-
-
-# --------------------------------------------------------------------------- real jobs: raw cells do not wait for compression
-
-def _raw_cells_during_compression(res: DriveResult, ts: dict[str, Task], start: str) -> dict[str, list[str]]:
-    """Per teacher: raw-trace training cells that STARTED (`start`: a JobRow time attribute)
-    before the last compression pass of that teacher ENDED."""
-    out: dict[str, list[str]] = {}
-    rows = [r for r in res.rows if r.job_id is not None]
-    for teacher in ("qwen3.5-397b", "gpt-oss-120b"):
-        comp_end = max(r.end_s or 0.0 for r in rows if ts[r.task].stage == "compress"
-                       and r.task.startswith(f"compress/{teacher}."))
-        out[teacher] = sorted(r.task for r in rows if r.task.startswith(f"train/{teacher}.")
-                              and r.task.endswith(".raw") and getattr(r, start) is not None
-                              and getattr(r, start) < comp_end)
-    return out
-
-
-def test_raw_trace_cells_run_while_their_teachers_compression_runs_local(paper: Plan, tmp_path: Path) -> None:
-    """Issue 7, with real processes: the paper DAG (hours read as 0.2 s) as sleep jobs of the local
-    backend, driven by the same Scheduler and driver as the Slurm replay."""
-    ts = tasks_from_plan(paper, CostModel())
-    pool = Pool.from_profile(paper.config.cluster, nodes=2, gpus_per_node=8)
-    prio = {t: math.ceil(h * 60) for t, h in task_priorities(ts).items()}
-    backend = LocalBackend(max_workers=16, tick_s=0.02)
-
-    def submit(p: Placement, after: After) -> str:
-        return backend.submit(sleep_request(p, tmp_path, 0.2, tag="loc", priority=prio[p.task.id], after=after))
-
-    res = run_on_backend(Scheduler(ts, pool), backend, submit, poll_s=0.05, timeout_s=120)
-    assert not res.failed and len([r for r in res.rows if r.job_id]) == 61  # 2 + 4 + 55 jobs
-    # the local backend starts a job inside submit(): submit time = start time
-    early = _raw_cells_during_compression(res, ts, "submit_s")
-    assert early["qwen3.5-397b"] and early["gpt-oss-120b"], early
-    # and the longest chain came first: the Qwen generation was the first job submitted
-    assert min((r for r in res.rows if r.job_id), key=lambda r: r.submit_s).task == "generate/qwen3.5-397b"
-
-
 def test_grid_flow_carries_priorities_to_its_jobs(tmp_path: Path) -> None:
     """flows/grid.py computes node_priorities at start (refined by the store's manifests), and
     the runner puts them on every JobRequest."""
@@ -574,26 +407,6 @@ def test_grid_flow_carries_priorities_to_its_jobs(tmp_path: Path) -> None:
                    "test-run", 1, logging.getLogger("test"))
     assert run.ctx.priorities == node_priorities(run.plan, CostModel())
     assert max(run.ctx.priorities, key=lambda n: run.ctx.priorities[n]) == "generate/qwen3.5-397b"
-
-
-@pytest.mark.slurm
-def test_raw_trace_cells_run_while_their_teachers_compression_runs_slurm(paper: Plan) -> None:
-    """The same on the real dev cluster: the paper DAG at 1 h -> 0.5 s as pinned Slurm sleep jobs
-    (at least 1 s each: sub-second jobs hit an accounting race, see the report); start = the
-    first poll that saw the job RUNNING."""
-    need_dev_cluster()
-    nodes = partition_nodes()[:2]
-    ts = tasks_from_plan(paper, CostModel())
-    pool = Pool.from_profile(paper.config.cluster, nodes=2, gpus_per_node=8)
-    prio = {t: math.ceil(h * 60) for t, h in task_priorities(ts).items()}
-    with tempfile.TemporaryDirectory(prefix="sched-raw-") as tmp:
-        backend, submit = sleep_submitter(Path(tmp), 0.5, tag=f"tr{uuid.uuid4().hex[:6]}", partition="debug",
-                                          pin_nodes=nodes, priorities=prio, min_s=1.0)
-        res = run_on_backend(Scheduler(ts, pool), backend, submit, node_names=nodes, poll_s=1.0, timeout_s=170)
-    assert not res.failed
-    early = _raw_cells_during_compression(res, ts, "running_s")
-    assert early["qwen3.5-397b"] and early["gpt-oss-120b"], early
-
 
 
 def test_unestimated_mini_cells_start_raw_first() -> None:

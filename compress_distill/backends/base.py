@@ -64,7 +64,7 @@ class JobRequest:
     # Job ids (of the same backend) that must COMPLETE before this job may start (if one
     # fails, this job is cancelled), and those that must only have ENDED. Slurm:
     # --dependency=afterok:..,afterany:.. --kill-on-invalid-dep=yes. Lets a driver submit
-    # ahead (schedule_slurm.py). The local backend starts jobs at submit and refuses both.
+    # ahead (flows/grid.py). The local backend starts jobs at submit and refuses both.
     after: tuple[str, ...] = ()
     after_end: tuple[str, ...] = ()
     # Run on exactly this node (Slurm: --nodelist): the flow's scheduler placed it there, in a

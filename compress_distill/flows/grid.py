@@ -230,7 +230,7 @@ class _Admitted:
         state = fut.state
         result = fut.result() if state.is_completed() else None
         outcome = _outcome(state, result)
-        if outcome == "failed" and any(d in self.sched.failed for d in self.run.plan.nodes[nid].deps):
+        if outcome == "failed" and any(self._doomed(d) for d in self.run.plan.nodes[nid].deps):
             outcome = "blocked"  # submitted ahead, then cancelled by Slurm when an input failed
         if outcome == "failed":
             self.run.failed[nid] = str(state.message or state.name)
@@ -240,8 +240,13 @@ class _Admitted:
             self.sched.fail(nid)
         self.run.settle(nid, outcome, result, progress)
 
+    def _doomed(self, nid: str) -> bool:
+        """`nid` failed, or never will run: something it needs (through CPU steps) failed."""
+        return nid in self.sched.failed or (nid in self.sched.tasks and nid not in self.sched.done and any(
+            self._doomed(d) for d in self.run.plan.nodes[nid].deps))
+
     def _inputs_settled(self, nid: str) -> bool:
-        return all(d not in self.sched.tasks or d in self.sched.done or d in self.sched.failed
+        return all(d not in self.sched.tasks or d in self.sched.done or self._doomed(d)
                    for d in self.run.plan.nodes[nid].deps)
 
     def loop(self, progress: artifacts.StageProgress) -> None:
