@@ -394,6 +394,21 @@ class Scheduler:
         self._release(task_id)
         self.failed.add(task_id)
 
+    def readmit(self, task_id: str) -> None:
+        """A task submitted ahead whose job never ran (the backend cancelled it in its queue) is
+        ready again, holding nothing."""
+        if task_id in self.queued:
+            self.queued.pop(task_id)
+        elif task_id in self.running:
+            node = self.running.pop(task_id)
+            if node is not None:
+                task = self.tasks[task_id]
+                self.free[node] += task.gpus
+                self.held[task.kind] -= task.gpus
+        else:
+            raise ValueError(f"{task_id} is neither queued nor running; it cannot be readmitted")
+        self._ready.add(task_id)
+
     def move(self, task_id: str, node: int) -> None:
         """The backend placed a running task on another node than planned: follow reality."""
         old = self.running.get(task_id)

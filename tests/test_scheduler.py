@@ -368,6 +368,19 @@ def test_a_queued_job_that_ends_unseen_is_released_once() -> None:
     assert sched.free == [8] and not sched.queued and sched.done == {"train/a", "train/b"}
 
 
+def test_a_queued_job_cancelled_in_the_queue_is_ready_again_and_holds_nothing() -> None:
+    sched = Scheduler(_chain(), Pool(1, 8, shares={}))
+    sched.pick()
+    sched.queue("train/b", 0)
+    sched.started("train/b", 0)  # seen RUNNING by mistake: readmit frees its GPUs as well
+    sched.readmit("train/b")
+    assert sched.free == [8 - sched.tasks["train/a"].gpus] and "train/b" not in sched.running
+    sched.finish("train/a")
+    assert [p.task.id for p in sched.pick()] == ["train/b"]
+    with pytest.raises(ValueError, match="neither queued nor running"):
+        sched.readmit("train/a")
+
+
 def test_stage_barrier_gates_include_every_earlier_phase() -> None:
     ts = tasks(T("generate/g", 8, 1, phase=0), T("generate/h", 8, 2, phase=0),
                T("train/t", 4, 1, ["generate/g"], phase=2))

@@ -36,7 +36,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 
 from .. import events
-from ..backends.base import NOW, After, JobState
+from ..backends.base import NOW, After, JobError, JobState
 from ..backends.factory import make_backend
 from ..backends.watch import JobWatcher, Watched
 from ..config import StudyConfig
@@ -171,7 +171,8 @@ class _Admitted:
         self.futures: dict[str, PrefectFuture[NodeOutcome]] = {}
         self.events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.job_of: dict[str, str] = {}           # node -> its job id (dependencies of jobs submitted ahead)
-        self.running_since: dict[str, float] = {}  # node -> when its job was first seen RUNNING
+        self.running_since: dict[str, float] = {}  # node -> when it was admitted, or its job seen RUNNING
+        self.ahead: set[str] = set()               # nodes whose job was submitted ahead (queued behind jobs)
         cluster = run.cfg.cluster
         backend = run.ctx.backend
         self.ahead_s = cluster.submit_ahead_s if backend is not None and backend.name == "slurm" else 0.0
@@ -222,6 +223,7 @@ class _Admitted:
             end = tuple(sorted({self.job_of[t] for t in planned.behind
                                 if t in self.job_of and t not in sched.done and self.job_of[t] not in ok}))
             sched.queue(tid, planned.placement.node)
+            self.ahead.add(tid)
             self.start(tid, After(ok, end, self.pinned(planned.placement.node)))
 
     def ended(self, nid: str, progress: artifacts.StageProgress) -> None:
@@ -232,6 +234,17 @@ class _Admitted:
         outcome = _outcome(state, result)
         if outcome == "failed" and any(self._doomed(d) for d in self.run.plan.nodes[nid].deps):
             outcome = "blocked"  # submitted ahead, then cancelled by Slurm when an input failed
+        elif outcome == "failed" and nid in self.ahead and self._cancelled_in_queue(state):
+            # Queued behind an input's job that the machine lost; the watcher resubmitted that
+            # one under a new id, and Slurm cancelled this job with the old. Its inputs are
+            # fine: admit it again (its job never ran, so no submission bound is spent on it).
+            get_run_logger().warning("%s: its job was cancelled in the queue behind an input's job that was "
+                                     "resubmitted; admitting it again", nid)
+            self.ahead.discard(nid)
+            del self.futures[nid]
+            self.running_since.pop(nid, None)
+            self.sched.readmit(nid)
+            return
         if outcome == "failed":
             self.run.failed[nid] = str(state.message or state.name)
         if outcome in ("ran", "cached"):
@@ -239,6 +252,12 @@ class _Admitted:
         else:  # its dependants are never admitted
             self.sched.fail(nid)
         self.run.settle(nid, outcome, result, progress)
+
+    def _cancelled_in_queue(self, state: State[Any]) -> bool:
+        """The task failed because its job was cancelled before it ever ran."""
+        err = state.result(raise_on_failure=False)
+        return (isinstance(err, JobError) and err.status.state is JobState.CANCELLED
+                and not err.status.elapsed_s)
 
     def _doomed(self, nid: str) -> bool:
         """`nid` failed, or never will run: something it needs (through CPU steps) failed."""

@@ -51,10 +51,11 @@ def _resume(node: str) -> None:
         time.sleep(0.5)
 
 
-def _fail_nodes_under(job_name: str, stop: threading.Event, failed: list[str]) -> None:
-    """Set DOWN the node of every running job named `job_name` (its job ends NODE_FAIL), then resume it."""
+def _fail_nodes_under(job_name: str, stop: threading.Event, failed: list[str], times: int = 1 << 30) -> None:
+    """Set DOWN the node of every running job named `job_name` (its job ends NODE_FAIL), then resume it;
+    the first `times` of them."""
     seen: set[str] = set()
-    while not stop.is_set():
+    while not stop.is_set() and len(failed) < times:
         out = subprocess.run(["squeue", "-h", "-t", "R", "-n", job_name, "-o", "%i %N"], capture_output=True,
                              text=True, timeout=30).stdout
         for line in out.splitlines():
@@ -69,11 +70,15 @@ def _fail_nodes_under(job_name: str, stop: threading.Event, failed: list[str]) -
         stop.wait(0.3)
 
 
-def test_a_node_the_machine_keeps_failing_is_submitted_at_most_three_times(slurm: None, tmp_path: Path) -> None:
-    cfg, store = slurm_mini(tmp_path / "cfg.yaml"), tmp_path / "store"
+def _no_requeue(cfg: Path, **cluster: object) -> Path:
     data = yaml.safe_load(cfg.read_text())
-    data["cluster"]["requeue"] = False
+    data["cluster"].update({"requeue": False, **cluster})
     cfg.write_text(yaml.safe_dump(data))
+    return cfg
+
+
+def test_a_node_the_machine_keeps_failing_is_submitted_at_most_three_times(slurm: None, tmp_path: Path) -> None:
+    cfg, store = _no_requeue(slurm_mini(tmp_path / "cfg.yaml")), tmp_path / "store"
     names = _names(cfg)
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
     stop, failed = threading.Event(), list[str]()
@@ -95,3 +100,30 @@ def test_a_node_the_machine_keeps_failing_is_submitted_at_most_three_times(slurm
     summary = "\n".join(res.stderr.splitlines()[-40:])
     assert GENERATE in summary and "NODE_FAIL" in summary, summary
     assert not list((store / "generate").glob("*/manifest.json"))
+
+
+def test_jobs_queued_behind_a_lost_job_run_after_its_resubmission(slurm: None, tmp_path: Path) -> None:
+    """Submit-ahead: the compression jobs wait in Slurm's queue behind the generation job (afterok).
+    The machine loses that job once; the watcher resubmits it under a new id, and Slurm cancels the
+    jobs queued behind the old one. The flow admits them again (their jobs never ran), and the
+    run completes: the generation costs 2 submissions, nothing fails."""
+    cfg, store = _no_requeue(slurm_mini(tmp_path / "cfg.yaml"), submit_ahead_s=600.0), tmp_path / "store"
+    names = _names(cfg)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 5))
+    stop, failed = threading.Event(), list[str]()
+    killer = threading.Thread(target=_fail_nodes_under, args=(names[GENERATE], stop, failed, 1), daemon=True)
+    killer.start()
+    try:
+        res = _run(cfg, store, _env(**SKELETON, COMPRESS_DISTILL_SKELETON_DELAY_S="15"))
+    finally:
+        stop.set()
+        killer.join(timeout=60)
+        for node in ("node1", "node2"):
+            _scontrol_node(node, "RESUME")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(failed) == 1, failed
+    counts = sbatch_jobs(names, since, 2)
+    assert counts[GENERATE] == 2, counts
+    readmitted = [n for n in names if n.startswith("compress/") and counts.get(n) == 2]
+    assert readmitted, counts  # queued ahead behind the lost job, cancelled with it, then run
+    assert all(counts.get(n, 0) <= 2 for n in names), counts
