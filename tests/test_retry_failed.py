@@ -50,31 +50,33 @@ def slurm_mini(path: Path) -> Path:
     return path
 
 
-def sbatch_jobs(names: dict[str, str], since: str, expect_at_least: int) -> dict[str, int]:
-    """node id -> number of Slurm jobs with that node's job name submitted since `since` (sacct)."""
-    by_name = {v: k for k, v in names.items()}
+# Every state a job can be in: with --state, sacct also lists jobs that never started (cancelled
+# while pending, e.g. queued behind a job that failed), which a bare --starttime query leaves out.
+_ALL_STATES = "PD,R,S,RQ,RS,CA,CD,F,NF,TO,OOM,PR,DL,BF,RV"
+
+
+def _sacct_counts(by_name: dict[str, str], since: str) -> dict[str, int]:
+    out = subprocess.run(["sacct", "-X", "--noheader", "--parsable2", f"--starttime={since}", "--endtime=now",
+                          f"--state={_ALL_STATES}", "--format=JobID,JobName%250"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
     counts: dict[str, int] = {}
-    for _ in range(30):  # accounting lags slurmctld by a few seconds
-        out = subprocess.run(["sacct", "-X", "--noheader", "--parsable2", f"--starttime={since}",
-                              "--format=JobID,JobName%250"], capture_output=True, text=True, timeout=30,
-                             check=True).stdout
-        counts = {}
-        for line in out.splitlines():
-            _, _, name = line.partition("|")
-            if name in by_name:
-                counts[by_name[name]] = counts.get(by_name[name], 0) + 1
-        if sum(counts.values()) >= expect_at_least:
-            break
-        time.sleep(2)
-    time.sleep(3)  # and once more after a pause: a late extra submission must show up too
-    out = subprocess.run(["sacct", "-X", "--noheader", "--parsable2", f"--starttime={since}",
-                          "--format=JobID,JobName%250"], capture_output=True, text=True, timeout=30, check=True).stdout
-    counts = {}
     for line in out.splitlines():
         _, _, name = line.partition("|")
         if name in by_name:
             counts[by_name[name]] = counts.get(by_name[name], 0) + 1
     return counts
+
+
+def sbatch_jobs(names: dict[str, str], since: str, expect_at_least: int) -> dict[str, int]:
+    """node id -> number of Slurm jobs with that node's job name submitted since `since` (sacct),
+    those that never ran included."""
+    by_name = {v: k for k, v in names.items()}
+    for _ in range(30):  # accounting lags slurmctld by a few seconds
+        if sum(_sacct_counts(by_name, since).values()) >= expect_at_least:
+            break
+        time.sleep(2)
+    time.sleep(3)  # and once more after a pause: a late extra submission must show up too
+    return _sacct_counts(by_name, since)
 
 
 def test_failed_cell_then_retry_submits_only_that_cell(slurm: None, tmp_path: Path) -> None:

@@ -185,8 +185,17 @@ class _Admitted:
         job_submitted(node_id, job_id, log_path)
 
     def job_changed(self, w: Watched) -> None:
-        if w.request is not None and w.status is not None and w.status.state is JobState.RUNNING:
-            self.events.put(("running", node_of_job(w.request.name)))
+        """A job changed state (the watcher's thread). Its id is the one jobs queue behind: a job the
+        watcher resubmitted has a new one, and one that failed or was lost has none to wait for."""
+        if w.request is None or w.status is None:
+            return
+        nid = node_of_job(w.request.name)
+        if w.status.state.terminal and w.status.state is not JobState.COMPLETED:
+            self.job_of.pop(nid, None)
+        else:
+            self.job_of[nid] = w.job_id
+        if w.status.state is JobState.RUNNING:
+            self.events.put(("running", nid))
 
     def pinned(self, pool_node: int | None) -> str | None:
         names = self.run.cfg.cluster.node_names
