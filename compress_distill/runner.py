@@ -33,7 +33,6 @@ from .store import LEASE_TTL_S, ArtifactStore, atomic_write_text, git_revision
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class NodeOutcome:
     node_id: str
@@ -209,6 +208,7 @@ def _run_as_job(ctx: RunContext, node_id: str, tmp: Path, after: After = NOW) ->
                   e.status.node or "?", log_path)
         raise
     if status is None:
+        ctx.watcher.settle(job_id)  # whatever its teardown does, the node is not run again
         log.info("%s: job %s wrote its result; committing without waiting for the job's end, log %s",
                  node_id, job_id, log_path)
         return job_id

@@ -109,6 +109,18 @@ def test_transient_failure_is_resubmitted(tmp_path: Path) -> None:
     assert info.resubmits == 1 and info.earlier_ids == ["n#1"] and len(be.submitted) == 2
 
 
+def test_a_settled_job_is_never_resubmitted(tmp_path: Path) -> None:
+    """The node committed on the job's result file; the machine then lost the job in its teardown."""
+    r = JobRequest("s", ["x"], tmp_path, tmp_path / "s.log", "train")
+    be = Scripted({"s#1": [S.RUNNING, S.NODE_FAIL], "s#2": [S.COMPLETED]})
+    w = fast(be)
+    jid = w.submit(r)
+    w.settle(jid)
+    with pytest.raises(JobError):
+        w.wait([jid], timeout=10)
+    assert len(be.submitted) == 1 and w.watched(jid).resubmits == 0
+
+
 def test_transient_failure_gives_up_after_max_retries(tmp_path: Path) -> None:
     r = JobRequest("p", ["x"], tmp_path, tmp_path / "p.log", "train")
     be = Scripted({f"p#{i}": [S.PREEMPTED] for i in range(1, 5)})

@@ -76,6 +76,8 @@ class Watched:
     log_path: Path | None = None
     status: JobStatus | None = None
     earlier_ids: list[str] = field(default_factory=list)
+    # its work is committed (the result file came first): watched to its end, never resubmitted
+    settled: bool = False
     resubmits: int = 0
     requeues: int = 0
     unknown_since: float | None = None
@@ -132,6 +134,12 @@ class JobWatcher:
                 self._next_poll = min(self._next_poll, self.clock() + self.backoff.initial)
                 self._cond.notify_all()
             return w
+
+    def settle(self, key: str) -> None:
+        """The job's work is committed before it ended (its teardown runs on): a failure from now
+        on is logged, and the job is never resubmitted."""
+        with self._cond:
+            self._jobs[key].settled = True
 
     def watched(self, key: str) -> Watched:
         with self._cond:
@@ -240,11 +248,14 @@ class JobWatcher:
                 self.on_change(w)
         if not st.state.terminal or st.state is JobState.COMPLETED:
             return changed
-        if st.state.transient and w.request is not None and w.resubmits < self.max_retries:
+        if st.state.transient and w.request is not None and w.resubmits < self.max_retries and not w.settled:
             resubmit.append(w)
             return True
         w.error = self._error(w, st)
-        log.error("%s", w.error)
+        if w.settled:
+            log.warning("job %s ended %s after its work was committed", w.job_id, st.state.value)
+        else:
+            log.error("%s", w.error)
         return True
 
     def _resubmit(self, w: Watched) -> None:
