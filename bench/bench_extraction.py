@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from compress_distill.extraction import split_think, verify_response
+from compress_distill.traces.extraction import split_think, verify_response
 
 
 @dataclass(frozen=True)

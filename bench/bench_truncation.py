@@ -30,9 +30,9 @@ from typing import Any
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from compress_distill.compression import assemble, split_response
-from compress_distill.derive import derive
-from compress_distill.tokenization import backend, batch_lengths
+from compress_distill.traces.compression import assemble, split_response
+from compress_distill.traces.derive import derive
+from compress_distill.traces.tokenization import backend, batch_lengths
 
 SYLLABLES = ["ta", "re", "mon", "ex", "ple", "ci", "ar", "do", "ven", "sol", "qui", "fer", "an", "th", "ing",
              "ed", "er", "co", "lo", "gi", "cal", "um", "ber", "is", "at", "on"]

@@ -15,7 +15,7 @@ gated RMSNorm; the gated kernel only acts on Qwen3.5's linear-attention layers
 and is ignored elsewhere). The chat template, EOT tokens, the key the template
 reads the reasoning from (`template_thinking_key`: split_thinking moves the
 `<think>` block there), the attention kernel and weight loading come from the
-student's model family (families.py): H.3's "`<|im_end|>`, FlashAttention 2"
+student's model family (cluster/families.py): H.3's "`<|im_end|>`, FlashAttention 2"
 holds only for Qwen.
 
 Decisions (also in the README):
@@ -57,7 +57,7 @@ from typing import Any
 
 import yaml
 
-from .families import quantization_config
+from .cluster.families import quantization_config
 from .plan import Node, TrainParams
 
 AXOLOTL_VERSION = "0.19.0"

@@ -323,7 +323,7 @@ def verify(
     on stderr and the others still come out. Exit status: 0 all verified, 1 some lines had no verdict,
     2 the input could not be opened.
     """
-    from .verify_cli import verify_jsonl
+    from .traces.verify_cli import verify_jsonl
 
     if str(path) == "-":
         counts = verify_jsonl(sys.stdin.buffer, sys.stdout, workers=workers, expect_think=expect_think)
@@ -373,7 +373,7 @@ def preflight(config: ConfigArg,
               workdir: Annotated[Path | None, typer.Option(help="keep the rendered jobs and label-check configs here")]
               = None) -> None:
     """Check in minutes what would fail in the grid's first hour: envs, GPUs, weights, templates, labels, jobs."""
-    from .preflight import CHECKS, run_preflight
+    from .cluster.preflight import CHECKS, run_preflight
 
     bad = sorted(set(skip or []) - set(CHECKS))
     if bad:
@@ -397,7 +397,7 @@ def stage_weights(config: ConfigArg,
                   dry_run: Annotated[bool, typer.Option("--dry-run", help="list what would be downloaded")] = False,
                   ) -> None:
     """Download every hub model of the config into cluster.weights.hf_home (run where the Hub is reachable)."""
-    from .weights import stage
+    from .cluster.weights import stage
 
     cfg = _load(config)
     try:

@@ -20,8 +20,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .families import Family
-from .families import resolve as resolve_family
+from .cluster.families import Family
+from .cluster.families import resolve as resolve_family
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 CELL_AXES = ("teacher", "student", "method", "data")
@@ -120,7 +120,7 @@ class StudentSpec(Strict):
     model: str
     label: str
     # The model family picks the chat template, EOT tokens, the reasoning key, the attention kernel
-    # and the weight loading (families.py; H.3's "<|im_end|>, FlashAttention 2" holds only for Qwen).
+    # and the weight loading (cluster/families.py; H.3's "<|im_end|>, FlashAttention 2" holds only for Qwen).
     # Any of them can be overridden here; None keeps the family's value.
     family: Literal["qwen3.5", "llama3", "gpt-oss", "chatml"] = "chatml"
     chat_template: str | None = None

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .cluster.families import Family
 from .config import CELL_AXES, MethodParams, StudyConfig, TrainingSpec
-from .families import Family
 from .model_refs import model_build
 from .versions import CODE_VERSIONS
 

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cluster.paths import models_dir
 from .model_refs import mini_ref
-from .paths import models_dir
 
 SERVER_URL_ENV = "CD_SERVER_URL"
 SERVED_MODEL_ENV = "CD_SERVED_MODEL"

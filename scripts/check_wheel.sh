@@ -88,7 +88,7 @@ where=$("$bin/python" -c 'import compress_distill, os; print(os.path.dirname(com
 case "$where" in "$site"/*) ;; *) echo "[wheel] FAIL: compress_distill imported from $where, not the wheel" >&2; exit 1;; esac
 "$bin/compress-distill" plan mini-ci.yaml >/dev/null
 "$bin/compress-distill" render mini-ci.yaml rendered --store "$tmp/store" >/dev/null   # the packaged templates
-"$bin/python" -c 'from compress_distill.envs import pinned_version as v; assert v("vllm") and v("axolotl")'  # pins
+"$bin/python" -c 'from compress_distill.cluster.envs import pinned_version as v; assert v("vllm") and v("axolotl")'  # pins
 t1=$(date +%s)
 "$bin/compress-distill" run mini-ci.yaml --store "$tmp/store" --select data=raw --select method=full \
   --no-progress --json > run.json || { echo "[wheel] FAIL: run" >&2; tail -50 "$tmp"/store/.logs/* >&2 || true; exit 1; }

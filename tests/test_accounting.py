@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from compress_distill import accounting as acc
 from compress_distill.backends.base import JobRequest, JobState
 from compress_distill.backends.slurm import SlurmBackend
 from compress_distill.backends.slurm_cli import CommandResult
 from compress_distill.backends.watch import JobWatcher
+from compress_distill.cluster import accounting as acc
 
 from .conftest import need_dev_cluster
 

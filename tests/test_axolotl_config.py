@@ -69,7 +69,7 @@ def dataset_entry(thinking_key: str) -> list[dict]:
              "template_thinking_key": thinking_key}]
 
 
-# Per family (families.py): what H.3's "tokenizer template, <|im_end|>, FlashAttention 2" becomes
+# Per family (cluster/families.py): what H.3's "tokenizer template, <|im_end|>, FlashAttention 2" becomes
 # where the model proves it wrong. Each row is checked against Axolotl's own examples in the README.
 FAMILY_KEYS = {
     "Qwen/Qwen3.5-0.8B-Base": {"chat_template": "qwen3_5", "eot_tokens": ["<|im_end|>"],

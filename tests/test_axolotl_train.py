@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from compress_distill.axolotl_config import render_axolotl_config, validate_keys
+from compress_distill.cluster.envs import LOCAL_DEFAULTS
 from compress_distill.config import ConfigError, parse_config
-from compress_distill.envs import LOCAL_DEFAULTS
 from compress_distill.plan import build_plan
 from compress_distill.training import axolotl_backend as ab
 from compress_distill.training.loss_log import SCHEMA
@@ -133,8 +133,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Pat
     from compress_distill.stages.evaluate import run as evaluate
     from compress_distill.stages.prepare import run as prepare
     from compress_distill.stages.train import run as train
+    from compress_distill.traces.trainset import write_split
     from compress_distill.training.tiny_models import synthetic_chats
-    from compress_distill.trainset import write_split
 
     root = tmp_path_factory.mktemp("axolotl-cells")
     plan = build_plan(parse_config(_mini_ci(max_steps=STEPS), "<test>"))

@@ -7,7 +7,9 @@ import math
 import pyarrow as pa
 import pytest
 
-from compress_distill.compression import (
+from compress_distill.config import CompressorSpec, SamplingSpec, ServeSpec
+from compress_distill.report.metrics import OVERALL, compression_stats
+from compress_distill.traces.compression import (
     COMPRESSED_SCHEMA,
     assemble,
     char_ratio,
@@ -17,8 +19,6 @@ from compress_distill.compression import (
     split_response,
     with_compressed_tokens,
 )
-from compress_distill.config import CompressorSpec, SamplingSpec, ServeSpec
-from compress_distill.report.metrics import OVERALL, compression_stats
 from tests.tiny_tokenizer import bytelevel
 
 RAW = "<think>\nFirst 2+3=5. Wait, re-check: 2+3 is 5. So 5.\n</think>\n\nThe answer is \\boxed{5}."
@@ -126,7 +126,7 @@ def test_table5_stats() -> None:
 
 
 def test_compression_inputs_render_choices_and_pick_the_domain_prompt() -> None:
-    from compress_distill.compression import compression_inputs
+    from compress_distill.traces.compression import compression_inputs
 
     s = spec(domain_prompts={"medicine": "MED {question} | {trace}"})
     questions = [{"id": "a", "question": "Dose?", "choices": ["1 mg", "2 mg"], "domain": "medicine"},

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from compress_distill.compression import assemble, split_response
-from compress_distill.derive import answer_only, derive
-from compress_distill.tokenization import backend, batch_lengths, cut_to_fraction, cut_to_tokens
+from compress_distill.traces.compression import assemble, split_response
+from compress_distill.traces.derive import answer_only, derive
+from compress_distill.traces.tokenization import backend, batch_lengths, cut_to_fraction, cut_to_tokens
 from tests.tiny_tokenizer import bytelevel, metaspace, sample_text
 
 TAIL = "\n\nSo the answer is \\boxed{42}."
@@ -160,7 +160,7 @@ def test_backend_with_truncation_is_copied_not_mutated() -> None:
 
 
 def test_load_tokenizer_from_local_files(tmp_path: Any) -> None:
-    from compress_distill.tokenization import load_tokenizer
+    from compress_distill.traces.tokenization import load_tokenizer
 
     tok = bytelevel()
     tok.save_pretrained(tmp_path / "tok")

@@ -9,8 +9,8 @@ from fractions import Fraction
 
 import pytest
 
-from compress_distill import extraction
-from compress_distill.extraction import (
+from compress_distill.traces import extraction
+from compress_distill.traces.extraction import (
     answers_match,
     extract_answer,
     normalize_boolean,
@@ -19,7 +19,7 @@ from compress_distill.extraction import (
     verify_batch,
     verify_response,
 )
-from compress_distill.verify_cli import verify_jsonl
+from compress_distill.traces.verify_cli import verify_jsonl
 
 F = Fraction
 

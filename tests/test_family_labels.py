@@ -41,7 +41,7 @@ ROWS = 5
 
 
 def _write_rows(path: Path) -> None:
-    """Training rows as trainset.py writes them, each with its own 60+ character trace."""
+    """Training rows as traces/trainset.py writes them, each with its own 60+ character trace."""
     with path.open("w") as f:
         for i in range(ROWS):
             trace = f"Row {i}: restate the question, then add {i} and {i + 7} carefully, giving {2 * i + 7}."

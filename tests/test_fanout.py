@@ -1,4 +1,4 @@
-"""Shard-level CPU fan-out (fanout.py, flows/cpu_fanout.py): in-process, on a local Dask
+"""Shard-level CPU fan-out (cluster/fanout.py, flows/cpu_fanout.py): in-process, on a local Dask
 cluster, and on a dask-jobqueue SLURMCluster of the dev cluster (also via prefect-dask)."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from compress_distill.extraction import verify_batch
-from compress_distill.fanout import (
+from compress_distill.cluster.fanout import (
     DASK_LOG_DIR,
     dask_executor,
     map_shards,
@@ -18,6 +17,7 @@ from compress_distill.fanout import (
     slurm_cluster_kwargs,
     verify_sharded,
 )
+from compress_distill.traces.extraction import verify_batch
 
 from .conftest import need_dev_cluster
 

@@ -8,7 +8,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from compress_distill.judge import (
+from compress_distill.traces.judge import (
     FAILURE_MODES,
     JUDGE_SCHEMA,
     JudgeOutcome,

@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from compress_distill.compression import COMPRESSED_SCHEMA
 from compress_distill.config import parse_config
 from compress_distill.generation.fake_server import FakeServer, Reply, SeenRequest, completion
 from compress_distill.generation.sharded import TooManyFailedRequests
@@ -19,6 +18,7 @@ from compress_distill.plan import build_plan
 from compress_distill.stages import StageContext
 from compress_distill.stages.judge import run as judge_run
 from compress_distill.store import write_parquet
+from compress_distill.traces.compression import COMPRESSED_SCHEMA
 
 from .conftest import CONFIGS
 

@@ -6,7 +6,9 @@ import inside a function counts as much as one at the top:
   around the core runner;
 - tasks/ never imports flows/ (flows use tasks, not the reverse);
 - no import cycle among the modules of flows/;
-- plan.py (the DAG) imports neither serving nor the mini world.
+- plan.py (the DAG) imports neither serving nor the mini world;
+- traces/ and cluster/ are groupings of modules: their __init__ imports nothing, so importing one
+  module never loads the others.
 """
 
 from __future__ import annotations
@@ -132,3 +134,9 @@ def test_no_import_cycle_among_flows_modules() -> None:
 def test_plan_imports_neither_serving_nor_miniworld() -> None:
     plan = {f"{PACKAGE}.plan": ROOT / "plan.py"}
     assert violations(plan, (f"{PACKAGE}.serving", f"{PACKAGE}.miniworld")) == []
+
+
+def test_grouping_packages_import_nothing() -> None:
+    for group in ("traces", "cluster"):
+        assert imports(ROOT / group / "__init__.py") == set(), group
+        assert len(_subpackage(group)) > 5  # the modules are there

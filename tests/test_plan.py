@@ -179,7 +179,7 @@ def test_plan_imports_no_serving_or_miniworld() -> None:
         elif isinstance(node, ast.Import | ast.ImportFrom):
             assert not any("compress_distill" in (a.name or "") for a in node.names)
             assert "compress_distill" not in (getattr(node, "module", "") or "")
-    assert local == {"config", "families", "model_refs", "versions"}
+    assert local == {"config", "cluster.families", "model_refs", "versions"}
 
 
 def test_build_nodes_follow_declared_dependencies() -> None:

@@ -16,15 +16,15 @@ from typing import Any
 import pytest
 import yaml
 
-from compress_distill.config import load_config, parse_config
-from compress_distill.envs import LOCAL_DEFAULTS, pinned_version
-from compress_distill.preflight import (
+from compress_distill.cluster.envs import LOCAL_DEFAULTS, pinned_version
+from compress_distill.cluster.preflight import (
     Row,
     check_time_limits,
     check_weights,
     slurm_minutes,
 )
-from compress_distill.weights import config_models
+from compress_distill.cluster.weights import config_models
+from compress_distill.config import load_config, parse_config
 
 from .conftest import CONFIGS, need_dev_cluster
 

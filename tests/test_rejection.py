@@ -160,7 +160,7 @@ class Verdict:
 
 
 def verify_response(response: str, gold: str, answer_type: str, choices: int | None = None) -> Verdict:
-    """Shaped like compress_distill.extraction.verify_response, which takes the number of options."""
+    """Shaped like compress_distill.traces.extraction.verify_response, which takes the number of options."""
     assert choices == 2
     truncated = "</think>" not in response
     tail = response.rsplit("The answer is ", 1)
@@ -199,7 +199,7 @@ def test_malformed_outputs_are_counted_rejects_or_failures_and_nothing_is_lost(t
 
 
 def test_judge_works_with_the_real_extraction_cascade() -> None:
-    extraction = pytest.importorskip("compress_distill.extraction")
+    extraction = pytest.importorskip("compress_distill.traces.extraction")
     def comp(message: dict, finish: str = "stop") -> Completion:
         response, reasoning, content, closed = normalize_message(message, finish)
         return Completion("x", "m", response, reasoning, content, closed, finish, 1, 1, 0.1, 1)

@@ -4,7 +4,7 @@
 the build, generate, train and evaluate nodes are submitted with their per-kind job
 templates (serving jobs health-gate the project's CPU server; the train job runs TRL
 inside the requeue/resume wrapper), on CPU, requesting the fake H100s as GRES. Then
-Table 11 comes from `sacct` (accounting.py) and must match what the jobs allocated.
+Table 11 comes from `sacct` (cluster/accounting.py) and must match what the jobs allocated.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compress_distill import accounting as acc
+from compress_distill.cluster import accounting as acc
 
 from .conftest import CONFIGS, REPO, need_dev_cluster
 
@@ -79,7 +79,7 @@ def test_mini_cell_runs_as_slurm_jobs_and_is_accounted(cluster: None, tmp_path: 
     assert rows[train["node"]].gpus == 1 and rows[ev["node"]].gpus == 1
     text = acc.format_table11(list(rows.values()))
     assert train["node"] in text and "| total |" in text
-    out = subprocess.run([sys.executable, "-m", "compress_distill.accounting", str(store)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "compress_distill.cluster.accounting", str(store)], capture_output=True,
                          text=True, timeout=120, check=True).stdout
     assert "| train |" in out and "| evaluate |" in out
     print(out)  # the measured Table 11 of this run (pytest -s)

@@ -9,8 +9,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from compress_distill.derive import derive
-from compress_distill.trainset import (
+from compress_distill.traces.derive import derive
+from compress_distill.traces.trainset import (
     TRAIN_SCHEMA,
     build_records,
     in_validation,

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compress_distill.cluster.envs import LOCAL_DEFAULTS
+from compress_distill.cluster.vllm_args import CPU_FLAGS, SERVER_MODULE, server_argv
 from compress_distill.config import ServeSpec, parse_config
-from compress_distill.envs import LOCAL_DEFAULTS
 from compress_distill.jobs.study import render_study
-from compress_distill.vllm_args import CPU_FLAGS, SERVER_MODULE, server_argv
 
 from .conftest import CONFIGS
 

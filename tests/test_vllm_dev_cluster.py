@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from compress_distill.envs import LOCAL_DEFAULTS
+from compress_distill.cluster.envs import LOCAL_DEFAULTS
 
 from .conftest import CONFIGS, need_dev_cluster
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from compress_distill.cluster.weights import config_models, is_hub_id, job_env, stage, staged
 from compress_distill.config import load_config, parse_config
-from compress_distill.weights import config_models, is_hub_id, job_env, stage, staged
 
 from .conftest import CONFIGS
 

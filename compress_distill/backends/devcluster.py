@@ -10,7 +10,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ..paths import source_checkout
+from ..cluster.paths import source_checkout
 from .slurm_cli import check, run_command
 
 log = logging.getLogger(__name__)

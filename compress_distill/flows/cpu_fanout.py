@@ -19,8 +19,8 @@ from prefect import flow, task, unmapped
 from prefect.cache_policies import NONE
 from prefect_dask import DaskTaskRunner
 
-from ..extraction import Verdict
-from ..fanout import NON_DAEMON_CONFIG, ClusterKind, shards, slurm_cluster_kwargs, verify_shard
+from ..cluster.fanout import NON_DAEMON_CONFIG, ClusterKind, shards, slurm_cluster_kwargs, verify_shard
+from ..traces.extraction import Verdict
 
 
 @task(name="verify-shard", cache_policy=NONE)

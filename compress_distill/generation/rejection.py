@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from compress_distill.extraction import UNVERIFIABLE
 from compress_distill.generation.client import (
     ChatClient,
     ChatRequest,
@@ -48,12 +47,13 @@ from compress_distill.generation.client import (
 )
 from compress_distill.generation.sharded import unanswered
 from compress_distill.generation.shards import ShardScan, ShardWriter, scan
+from compress_distill.traces.extraction import UNVERIFIABLE
 
 log = logging.getLogger(__name__)
 
 Verifier = Callable[..., Any]  # verify(response, answer, answer_type[, choices=n_options]) -> bool | Verdict-like
 REQUIRED_FIELDS = ("id", "question", "answer", "answer_type")
-DEFAULT_VERIFIER = "compress_distill.extraction:verify_response"
+DEFAULT_VERIFIER = "compress_distill.traces.extraction:verify_response"
 
 
 @dataclass(frozen=True)

@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from ..backends.base import NOW, After, JobRequest
+from ..cluster.envs import LOCAL_DEFAULTS, env_dir
+from ..cluster.weights import job_env
 from ..config import ServeSpec, StudyConfig
 from ..costmodel import CostModel
-from ..envs import LOCAL_DEFAULTS, env_dir
 from ..plan import Node, Plan
 from ..serving import mini_model_dir, resolve_model_dir
 from ..stages import override_serve_with
 from ..store import ArtifactStore
-from ..weights import job_env
 from .flags import job_name
 from .render import CPU_SERVER_MODULE, render_eval_job, render_train_job, render_vllm_job
 from .resources import Resources, resolve_resources

@@ -30,10 +30,10 @@ from typing import Any
 
 import jinja2
 
+from ..cluster.envs import env_dir
+from ..cluster.vllm_args import server_argv
 from ..config import ServeSpec, StudyConfig
-from ..envs import env_dir
 from ..plan import Cell
-from ..vllm_args import server_argv
 from .flags import sbatch_header
 from .resources import Resources, resolve_resources
 

@@ -21,14 +21,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..paths import models_dir
+from ..cluster.paths import models_dir
 
 # Bump when build code changes the weights a recipe produces (not for comment-only edits).
 BUILD_VERSION = "1"
 KEY_LEN = 16
 RECIPE_FILE = "recipe.json"
 REF_PREFIX = "mini:"
-DEFAULT_ROOT = models_dir() / "mini"  # paths.py: the checkout's models/, else a user cache
+DEFAULT_ROOT = models_dir() / "mini"  # cluster/paths.py: the checkout's models/, else a user cache
 
 
 class Frozen(BaseModel):

@@ -13,14 +13,14 @@ import json
 
 import pyarrow.parquet as pq
 
-from ..compression import COMPRESSED_SCHEMA, assemble, compression_inputs, with_compressed_tokens
 from ..generation.client import ChatRequest, ClientConfig, Sampling
 from ..generation.sharded import check_failures, clipped_count, complete_into_shards, unanswered
 from ..generation.shards import scan
 from ..report.metrics import OVERALL, compression_stats
 from ..serving import api_key_env, model_endpoint, tokenizer_ref
 from ..store import write_parquet
-from ..tokenization import load_tokenizer
+from ..traces.compression import COMPRESSED_SCHEMA, assemble, compression_inputs, with_compressed_tokens
+from ..traces.tokenization import load_tokenizer
 from . import StageContext, StageResult
 
 

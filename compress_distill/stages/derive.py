@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pyarrow.parquet as pq
 
-from ..derive import derive
 from ..serving import tokenizer_ref
-from ..tokenization import load_tokenizer
-from ..trainset import build_records, keep_think, trainable_tokens, write_trainset
+from ..traces.derive import derive
+from ..traces.tokenization import load_tokenizer
+from ..traces.trainset import build_records, keep_think, trainable_tokens, write_trainset
 from . import StageContext, StageResult
 
 

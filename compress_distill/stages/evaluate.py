@@ -18,7 +18,6 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ..extraction import UNVERIFIABLE, split_think, verify_batch
 from ..generation.client import ChatRequest, ClientConfig, Sampling
 from ..generation.rejection import build_messages
 from ..generation.sharded import check_failures, clipped_count, complete_into_shards, unanswered
@@ -26,6 +25,7 @@ from ..generation.shards import scan
 from ..report.metrics import eval_metrics
 from ..serving import api_key_env, model_endpoint
 from ..store import write_parquet
+from ..traces.extraction import UNVERIFIABLE, split_think, verify_batch
 from . import StageContext, StageResult
 
 

@@ -16,12 +16,12 @@ import shutil
 
 import pyarrow.parquet as pq
 
-from ..extraction import verify_response
 from ..generation.client import ChatClient, ClientConfig, Sampling
 from ..generation.rejection import run_rejection, unanswered_after
 from ..generation.sharded import check_failures, clipped_count
 from ..generation.yield_table import load_attempts, write_outputs
 from ..serving import api_key_env, model_endpoint
+from ..traces.extraction import verify_response
 from . import StageContext, StageResult
 
 

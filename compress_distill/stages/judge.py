@@ -20,12 +20,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ..compression import split_response
 from ..datasets.schema import render_question
 from ..generation.client import ChatClient, ChatRequest, ClientConfig, Failure, GenerationError, Sampling
 from ..generation.sharded import check_failures, unanswered
 from ..generation.shards import ShardWriter, scan
-from ..judge import (
+from ..serving import api_key_env, model_endpoint
+from ..store import write_parquet
+from ..traces.compression import split_response
+from ..traces.judge import (
     JUDGE_SCHEMA,
     JudgeOutcome,
     judge_messages,
@@ -35,8 +37,6 @@ from ..judge import (
     table10,
     verdict_row,
 )
-from ..serving import api_key_env, model_endpoint
-from ..store import write_parquet
 from . import StageContext, StageResult
 
 # Verdicts are short; many in flight keep a served judge busy without flooding it.

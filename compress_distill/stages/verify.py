@@ -15,8 +15,8 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..extraction import UNVERIFIABLE, split_think, verify_batch
 from ..store import write_parquet
+from ..traces.extraction import UNVERIFIABLE, split_think, verify_batch
 from . import StageContext, StageResult
 
 TRACE_COLUMNS = ("id", "dataset", "domain", "question", "choices", "answer", "answer_type")

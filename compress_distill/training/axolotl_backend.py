@@ -40,9 +40,9 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from compress_distill.axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
+from compress_distill.cluster.envs import env_dir
 from compress_distill.config import StudyConfig
 from compress_distill.envchecks import LABEL_CHECK
-from compress_distill.envs import env_dir
 from compress_distill.plan import Node, TrainParams
 from compress_distill.store import atomic_write_text, write_parquet
 from compress_distill.training.data import count_label_tokens

@@ -16,9 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from compress_distill import extraction
 from compress_distill.config import parse_config
-from compress_distill.extraction import (
+from compress_distill.generation.fake_server import FakeServer, Reply, SeenRequest, completion
+from compress_distill.plan import build_plan
+from compress_distill.stages import StageContext
+from compress_distill.stages.evaluate import run as evaluate_run
+from compress_distill.stages.verify import run as verify_run
+from compress_distill.store import write_parquet
+from compress_distill.traces import extraction
+from compress_distill.traces.extraction import (
     MAX_RESPONSE_CHARS,
     UNVERIFIABLE,
     answers_match,
@@ -26,13 +32,7 @@ from compress_distill.extraction import (
     verify_batch,
     verify_response,
 )
-from compress_distill.generation.fake_server import FakeServer, Reply, SeenRequest, completion
-from compress_distill.plan import build_plan
-from compress_distill.stages import StageContext
-from compress_distill.stages.evaluate import run as evaluate_run
-from compress_distill.stages.verify import run as verify_run
-from compress_distill.store import write_parquet
-from compress_distill.verify_cli import MAX_LINE_BYTES, verify_jsonl
+from compress_distill.traces.verify_cli import MAX_LINE_BYTES, verify_jsonl
 
 from ..conftest import CONFIGS
 from ..test_rejection import q as rejection_question

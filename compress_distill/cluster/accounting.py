@@ -10,7 +10,7 @@ data centre's PUE (1.15); CO2 = energy x grid intensity (default 79 gCO2/kWh; co
 under `<store>/<stage>/.jobs/<node>-<key>/`), so the paper's Table 11 is reported from
 measured numbers:
 
-    python -m compress_distill.accounting STORE [--gco2-per-kwh 79]
+    python -m compress_distill.cluster.accounting STORE [--gco2-per-kwh 79]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .backends.slurm_cli import Runner, check, run_command
-from .backends.slurm_parse import parsable_rows
+from ..backends.slurm_cli import Runner, check, run_command
+from ..backends.slurm_parse import parsable_rows
 
 TDP_W = 700.0
 PUE = 1.15
@@ -180,7 +180,7 @@ def format_table11(rows: list[Table11Row], *, gco2_per_kwh: float = GCO2_PER_KWH
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m compress_distill.accounting",
+    ap = argparse.ArgumentParser(prog="python -m compress_distill.cluster.accounting",
                                  description="Table 11 (GPU-hours per job node, energy, CO2) of a store's "
                                              "Slurm jobs, measured with one sacct call.")
     ap.add_argument("store", type=Path)

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
-from .config import StudyConfig
-from .envchecks import LABEL_CHECK, VLLM_CHECK
+from ..axolotl_config import cpu_overlay, dump_yaml, render_axolotl_config
+from ..config import StudyConfig
+from ..envchecks import LABEL_CHECK, VLLM_CHECK
+from ..plan import Cell, build_plan
+from ..serving import mini_ref, resolve_model_dir
 from .envs import env_dir, installed_version, pinned_version
-from .plan import Cell, build_plan
-from .serving import mini_ref, resolve_model_dir
 from .weights import config_models, is_hub_id, job_env, staged
 
 LABEL_ROWS = 5
@@ -206,7 +206,7 @@ def student_cells(cfg: StudyConfig) -> dict[str, Cell]:
 
 
 def sample_rows(n: int = LABEL_ROWS) -> list[dict]:
-    """Training records in trainset.py's shape, each with a distinct trace and answer."""
+    """Training records in traces/trainset.py's shape, each with a distinct trace and answer."""
     return [{"id": f"preflight-{i}", "messages": [
         {"role": "user", "content": f"What is {i} + {i + 3}? Answer with a number."},
         {"role": "assistant", "content": f"<think>Start from {i}. Adding {i + 3} to {i} gives {2 * i + 3}; "
@@ -333,7 +333,7 @@ def check_time_limits(cfg: StudyConfig, sinfo: Callable[[], str] | None = None) 
 
 def run_preflight(cfg: StudyConfig, *, workdir: Path | None = None, skip: Iterable[str] = ()) -> list[Row]:
     """Every check, in the order a user would fix them. `skip`: check names to leave out."""
-    from .jobs.study import render_study
+    from ..jobs.study import render_study
 
     skipped = set(skip)
     with tempfile.TemporaryDirectory(prefix="cd-preflight-") as tmp:

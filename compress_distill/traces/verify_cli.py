@@ -26,7 +26,7 @@ from concurrent.futures import Executor
 from contextlib import ExitStack
 from typing import Any, TextIO
 
-from compress_distill.extraction import ANSWER_TYPES, UNVERIFIABLE, verification_pool, verify_batch
+from compress_distill.traces.extraction import ANSWER_TYPES, UNVERIFIABLE, verification_pool, verify_batch
 
 REQUIRED = ("response", "answer", "answer_type")
 # A record holds at most extraction.MAX_RESPONSE_CHARS of response, up to 6 bytes a character once

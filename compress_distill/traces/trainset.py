@@ -30,8 +30,8 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..datasets.schema import render_question
 from .compression import split_response
-from .datasets.schema import render_question
 from .tokenization import batch_lengths
 
 log = logging.getLogger(__name__)

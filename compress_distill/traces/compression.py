@@ -31,7 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from .config import CompressorSpec
+from ..config import CompressorSpec
 from .tokenization import batch_lengths
 
 _SLOT = re.compile(r"\{(question|trace)\}")
@@ -97,7 +97,7 @@ def compression_inputs(spec: CompressorSpec, traces: Iterable[Mapping[str, Any]]
     """`{id, domain, prompt}` per verified trace (question rendered with its choices, the raw
     reasoning as `{trace}`, the trace's domain picking the prompt). Traces without a question or
     without `</think>` are counted, not sent."""
-    from .datasets.schema import render_question  # local: keeps this module free of the registry
+    from ..datasets.schema import render_question  # local: keeps this module free of the registry
 
     by_id = {str(q["id"]): q for q in questions}
     stats = {"traces": 0, "requests": 0, "missing_question": 0, "no_think": 0}

@@ -21,7 +21,7 @@ MODELS_ENV = "COMPRESS_DISTILL_MODELS"
 
 def source_checkout() -> Path | None:
     """The source checkout this package is imported from (an editable install), or None (a wheel)."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]  # compress_distill/cluster/paths.py -> the checkout
     return root if (root / "pyproject.toml").is_file() and (root / "compress_distill" / "cli.py").is_file() else None
 
 

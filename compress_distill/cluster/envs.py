@@ -14,12 +14,12 @@ import re
 import subprocess
 from pathlib import Path
 
-from .config import StudyConfig
+from ..config import StudyConfig
 from .paths import dev_root
 
 # Package data: `preflight` compares them with the envs, installed or in a checkout; the setup
 # scripts install from them.
-ENV_PINS = Path(__file__).resolve().parent / "jobs" / "envs"
+ENV_PINS = Path(__file__).resolve().parents[1] / "jobs" / "envs"
 PROGRAMS = ("app", "vllm", "axolotl")
 # One machine: the envs scripts/setup-{vllm,axolotl}.sh build in the checkout (installed: the current dir).
 LOCAL_DEFAULTS = {"vllm": dev_root() / ".venv-vllm", "axolotl": dev_root() / ".venv-axolotl"}

