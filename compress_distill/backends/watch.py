@@ -135,6 +135,21 @@ class JobWatcher:
                 self._cond.notify_all()
             return w
 
+    def drain(self, timeout_s: float) -> list[str]:
+        """Wait (at most `timeout_s`) until every watched job has ended, failures included, so that
+        their final states are recorded; returns those still live after it. A run calls it at its
+        end: nodes commit on their result file, while their jobs' teardown may still run."""
+        with self._cond:
+            keys = [k for k, w in self._jobs.items() if not w.finished]
+            self.backoff.reset()
+            self._next_poll = self.clock()
+        try:
+            self.wait(keys, timeout=timeout_s, raise_on_failure=False)
+        except TimeoutError:
+            pass
+        with self._cond:
+            return [self._jobs[k].job_id for k in keys if not self._jobs[k].finished]
+
     def settle(self, key: str) -> None:
         """The job's work is committed before it ended (its teardown runs on): a failure from now
         on is logged, and the job is never resubmitted."""
@@ -179,9 +194,10 @@ class JobWatcher:
                 self._cond.wait(None if pause == math.inf else max(pause, 0.0))
 
     def cancel_all(self) -> list[str]:
-        """One backend.cancel for every job still live (e.g. when the flow run is cancelled)."""
+        """One backend.cancel for every job still live (e.g. when the flow run is cancelled), but
+        those settled: their work is committed, only their teardown may still run."""
         with self._cond:
-            ids = [w.job_id for w in self._jobs.values() if not w.finished]
+            ids = [w.job_id for w in self._jobs.values() if not w.finished and not w.settled]
         if ids:
             self.backend.cancel(ids)
         return ids

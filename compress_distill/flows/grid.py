@@ -160,6 +160,10 @@ def admission(run: _Run, todo: list[str]) -> Scheduler:
     return Scheduler(tasks, pool, run.policy)
 
 
+# How long a run waits at its end for jobs whose work is committed to end (a model server stopping).
+DRAIN_S = 120
+
+
 class _Admitted:
     """The flow's side of the scheduler: one Prefect task per admitted node, and the events
     (a task ended, a job was submitted, a job began running) that move the scheduler on.
@@ -172,7 +176,7 @@ class _Admitted:
         self.events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
         self.job_of: dict[str, str] = {}           # node -> its job id (dependencies of jobs submitted ahead)
         self.running_since: dict[str, float] = {}  # node -> when it was admitted, or its job seen RUNNING
-        self.ahead: set[str] = set()               # nodes whose job was submitted ahead (queued behind jobs)
+        self.ahead: dict[str, tuple[str, ...]] = {}  # node submitted ahead -> the jobs it must see complete
         cluster = run.cfg.cluster
         backend = run.ctx.backend
         self.ahead_s = cluster.submit_ahead_s if backend is not None and backend.name == "slurm" else 0.0
@@ -232,7 +236,7 @@ class _Admitted:
             end = tuple(sorted({self.job_of[t] for t in planned.behind
                                 if t in self.job_of and t not in sched.done and self.job_of[t] not in ok}))
             sched.queue(tid, planned.placement.node)
-            self.ahead.add(tid)
+            self.ahead[tid] = ok
             self.start(tid, After(ok, end, self.pinned(planned.placement.node)))
 
     def ended(self, nid: str, progress: artifacts.StageProgress) -> None:
@@ -243,13 +247,13 @@ class _Admitted:
         outcome = _outcome(state, result)
         if outcome == "failed" and any(self._doomed(d) for d in self.run.plan.nodes[nid].deps):
             outcome = "blocked"  # submitted ahead, then cancelled by Slurm when an input failed
-        elif outcome == "failed" and nid in self.ahead and self._cancelled_in_queue(state):
+        elif outcome == "failed" and self._replaced_input(nid) and self._cancelled_in_queue(state):
             # Queued behind an input's job that the machine lost; the watcher resubmitted that
             # one under a new id, and Slurm cancelled this job with the old. Its inputs are
             # fine: admit it again (its job never ran, so no submission bound is spent on it).
             get_run_logger().warning("%s: its job was cancelled in the queue behind an input's job that was "
                                      "resubmitted; admitting it again", nid)
-            self.ahead.discard(nid)
+            del self.ahead[nid]
             del self.futures[nid]
             self.running_since.pop(nid, None)
             self.sched.readmit(nid)
@@ -261,6 +265,12 @@ class _Admitted:
         else:  # its dependants are never admitted
             self.sched.fail(nid)
         self.run.settle(nid, outcome, result, progress)
+
+    def _replaced_input(self, nid: str) -> bool:
+        """`nid` was queued behind a job that is no longer its node's job (it was resubmitted).
+        Any other cancel (scancel, a failed input) stands."""
+        current = set(self.job_of.values())
+        return any(job not in current for job in self.ahead.get(nid, ()))
 
     def _cancelled_in_queue(self, state: State[Any]) -> bool:
         """The task failed because its job was cancelled before it ever ran."""
@@ -322,6 +332,11 @@ def _execute(run: _Run, todo: list[str], progress: artifacts.StageProgress) -> N
     run.state_hooks.append(admitted.job_changed)
     try:
         admitted.loop(progress)
+        if run.ctx.watcher is not None:  # nodes committed on their result files: see their jobs end
+            left = run.ctx.watcher.drain(DRAIN_S)
+            if left:
+                get_run_logger().warning("%d job(s) still tearing down after %d s, their work committed: %s",
+                                         len(left), DRAIN_S, " ".join(left))
     except BaseException:  # cancelled (SIGTERM from the runner) or interrupted: stop our jobs
         cancel_in_process(run.ctx.watcher, run.record)
         raise
