@@ -11,7 +11,8 @@ What a final state means here (the README's table):
   `max_retries` (MAX_RESUBMITS) times when the watcher has the JobRequest, else raised as a
   transient JobError. This is the project's one retry layer for jobs: nothing above it
   (no Prefect task retry) submits a node again, so a node costs at most 1 + MAX_RESUBMITS
-  sbatch submissions per run (tests/faults/test_submissions.py counts them on Slurm). A job Slurm requeues by itself (REQUEUED, or back to PENDING after RUNNING)
+  sbatch submissions per run (tests/faults/test_submissions.py counts them on Slurm).
+  A job Slurm requeues by itself (REQUEUED, or back to PENDING after RUNNING)
   is not finished: it is counted in `requeues` and waited for.
 - FAILED, OUT_OF_MEMORY, TIMEOUT, CANCELLED: real failures, raised as JobError with the
   log tail. TIMEOUT says "raise the time limit or resume from checkpoint".
