@@ -169,39 +169,6 @@ def node_priorities(plan: Plan, cost: CostModel) -> dict[str, int]:
     return {nid: math.ceil(round(h * 60, 6)) for nid, h in priorities(plan, cost).items()}
 
 
-def priority_order(node_ids: Iterable[str], plan: Plan, prio: Mapping[str, float]) -> list[str]:
-    """`node_ids` in a topologically valid order that submits the most urgent work first.
-
-    Kahn's algorithm over the induced DAG with a max-heap on priority (ties: plan order).
-    Priority never increases along an edge (a dependant's remaining path is part of its
-    dependency's), so this is close to "sorted by priority" while every node still comes
-    after all of its dependencies in the list (what a flow that submits with `wait_for`
-    needs).
-    """
-    ids = list(dict.fromkeys(node_ids))
-    index = {n: i for i, n in enumerate(plan.nodes)}
-    chosen = set(ids)
-    missing = {n: sum(1 for d in plan.nodes[n].deps if d in chosen) for n in ids}
-    dependants: dict[str, list[str]] = {n: [] for n in ids}
-    for n in ids:
-        for d in plan.nodes[n].deps:
-            if d in chosen:
-                dependants[d].append(n)
-    heap = [(-prio.get(n, 0.0), index[n], n) for n in ids if missing[n] == 0]
-    heapq.heapify(heap)
-    out: list[str] = []
-    while heap:
-        _, _, n = heapq.heappop(heap)
-        out.append(n)
-        for m in dependants[n]:
-            missing[m] -= 1
-            if missing[m] == 0:
-                heapq.heappush(heap, (-prio.get(m, 0.0), index[m], m))
-    if len(out) != len(ids):
-        raise ValueError(f"cycle among {sorted(set(ids) - set(out))[:3]}")
-    return out
-
-
 def submission_order(ready: Iterable[str], prio: Mapping[str, float], tasks: Mapping[str, Task]) -> list[str]:
     """Ready node ids in the order to submit them: longest remaining path, then GPU-hours, then plan order."""
     return sorted(ready, key=lambda t: (-prio[t], -tasks[t].gpu_hours, tasks[t].index))

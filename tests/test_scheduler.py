@@ -30,7 +30,6 @@ from compress_distill.scheduler import (
     lower_bound,
     node_priorities,
     priorities,
-    priority_order,
     simulate,
     simulate_tasks,
     task_priorities,
@@ -108,25 +107,6 @@ def test_node_priorities_are_whole_minutes_of_remaining_path(paper: Plan) -> Non
     # measured times of earlier runs refine the estimate (costmodel.measured_hours feeds this)
     refined = node_priorities(paper, CostModel({"compress/qwen3.5-397b.llama70b": 20.0}))
     assert refined["generate/qwen3.5-397b"] == math.ceil((43.5 + 20.0 + 4.1 / 4) * 60)
-
-
-def test_priority_order_is_topological_and_urgent_first(paper: Plan) -> None:
-    prio = priorities(paper, CostModel())
-    order = priority_order(paper.nodes, paper, prio)
-    assert sorted(order) == sorted(paper.nodes)
-    pos = {n: i for i, n in enumerate(order)}
-    assert all(pos[d] < pos[n] for n in order for d in paper.nodes[n].deps)
-    # the longest chain is submitted first; long training cells before short ones
-    first_gpu = [n for n in order if paper.nodes[n].job.gpus > 0][:2]
-    assert first_gpu == ["generate/qwen3.5-397b", "generate/gpt-oss-120b"]
-    train = [n for n in order if n.startswith("train/qwen3.5-397b.")]
-    assert pos["train/qwen3.5-397b.qwen3.5-9b.full.raw"] < pos["train/qwen3.5-397b.qwen3.5-0.8b.lora.answer_only"]
-    # a subset (what the flow has to run) keeps only its own nodes; deps outside count as done
-    sub = [n for n in paper.nodes if n.startswith(("train/", "evaluate/"))]
-    sub_order = priority_order(sub, paper, prio)
-    assert sorted(sub_order) == sorted(sub) and len(train) == 34
-    assert sub_order.index("train/qwen3.5-397b.qwen3.5-9b.full.raw") < sub_order.index(
-        "evaluate/qwen3.5-397b.qwen3.5-9b.full.raw")
 
 
 def test_priority_becomes_slurm_nice(tmp_path: Path) -> None:
