@@ -38,7 +38,7 @@ import yaml
 from compress_distill.backends.devcluster import ensure_dev_cluster, partition_nodes
 from compress_distill.config import StudyConfig, load_config
 from compress_distill.costmodel import CostModel
-from compress_distill.jobs.node import REPLAY_STAMPS
+from compress_distill.jobs.replay import gates, job_records, replay_profile, spans
 from compress_distill.plan import Plan, build_plan
 from compress_distill.scheduler import POLICIES, Pool, lower_bound, simulate_tasks, tasks_from_plan
 
@@ -48,13 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
 def replay_config(paper: Path, scale: float, ahead_s: float, dest: Path) -> Path:
     """paper.yaml with the dev cluster as its profile and sleep payloads."""
     data = yaml.safe_load(paper.read_text())
-    data["cluster"] = {
-        "backend": "slurm", "partition": "debug", "nodes": 2, "gpus_per_node": 8, "gpu_type": "h100",
-        "max_concurrent_gpu_jobs": data["cluster"].get("max_concurrent_gpu_jobs"),
-        "device": "cpu", "serve_with": "stage",
-        "jobs": {k: {"cpus_per_task": 1, "mem": "64M", "time_limit": "01:00:00"} for k in ("vllm", "train", "eval", "cpu")},
-        "node_names": partition_nodes("debug"), "replay": {"seconds_per_hour": scale}, "submit_ahead_s": ahead_s,
-    }
+    data["cluster"] = replay_profile(scale, ahead_s, partition_nodes("debug"),
+                                     max_concurrent_gpu_jobs=data["cluster"].get("max_concurrent_gpu_jobs"))
     dest.write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
 
@@ -68,30 +63,12 @@ def predicted(plan: Plan, cfg: StudyConfig, policy: str) -> dict[str, float]:
     return {"predicted_h": sim.makespan_h, "bound_h": bound, "critical_path_h": cp, "total_gpu_h": gpu_h}
 
 
-def gates(plan: Plan, nid: str, jobs: set[str]) -> set[str]:
-    """The jobs `nid` waits for, looking through in-process CPU steps."""
-    out: set[str] = set()
-    for d in plan.nodes[nid].deps:
-        out |= {d} if d in jobs else gates(plan, d, jobs)
-    return out
-
-
 def measure(plan: Plan, store: Path) -> dict[str, Any]:
     """Makespan and latencies from the store: job.json (sbatch time) and each artifact's stamps."""
-    submitted: dict[str, float] = {}
-    for rec in store.glob("*/.jobs/*/job.json"):
-        d = json.loads(rec.read_text())
-        submitted[d["node"]] = float(d["submitted_at"])
-    span: dict[str, tuple[float, float]] = {}
-    seconds: list[float] = []
-    for man in store.glob("*/*/manifest.json"):
-        m = json.loads(man.read_text())
-        stamps = man.parent / REPLAY_STAMPS
-        if stamps.is_file():
-            v = [float(x) for x in stamps.read_text().split()]
-            span[m["node"]] = (v[0], v[-1])
-        elif m["job"]["job_id"] is None:
-            seconds.append(float(m["seconds"]))  # an in-process CPU step: the flow's own time on it
+    submitted = {nid: float(rec["submitted_at"]) for nid, rec in job_records(store).items()}
+    span = spans(store)
+    seconds = [float(m["seconds"]) for man in store.glob("*/*/manifest.json")
+               if (m := json.loads(man.read_text()))["job"]["job_id"] is None]  # in-process CPU steps
     t0 = min(submitted.values())
     jobs = set(span)
     handover, ahead = [], 0

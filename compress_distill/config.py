@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .backends.slurm_parse import parse_duration
 from .cluster.families import Family
 from .cluster.families import resolve as resolve_family
 
@@ -349,6 +350,11 @@ class ReplaySpec(Strict):
     seconds_per_hour: float = Field(gt=0)
 
 
+# Seconds before the time limit at which Slurm sends USR1 to a job's batch shell (--signal=B:USR1@N);
+# the batch wrapper (jobs/script.py) then requeues the job to resume.
+REQUEUE_SIGNAL_S = 600
+
+
 class ClusterProfile(Strict):
     backend: Literal["local", "slurm"] = "local"
     partition: str | None = None
@@ -406,6 +412,22 @@ class ClusterProfile(Strict):
         if self.device is not None:
             return self.device
         return "gpu" if self.backend == "slurm" and self.gpus_per_node > 0 else "cpu"
+
+    @model_validator(mode="after")
+    def _check_requeue_window(self) -> ClusterProfile:
+        # Slurm sends USR1 REQUEUE_SIGNAL_S before the limit and the batch wrapper requeues the
+        # job to resume (jobs/script.py): a limit inside that window signals the job as it starts,
+        # and it would requeue forever without doing any work.
+        if self.backend != "slurm" or not self.requeue:
+            return self
+        kinds = ("vllm", "train", "eval", "cpu")
+        short = [f"{k} ({self.job(k).time_limit})" for k in kinds
+                 if (parse_duration(self.job(k).time_limit) or float("inf")) <= REQUEUE_SIGNAL_S]
+        if short:
+            raise ValueError(f"cluster.jobs time_limit of {', '.join(short)} is within the {REQUEUE_SIGNAL_S} s "
+                             "before the limit at which a requeued job is told to stop and resume; give it more "
+                             "than that, or set cluster.requeue: false")
+        return self
 
     @model_validator(mode="after")
     def _check_node_names(self) -> ClusterProfile:

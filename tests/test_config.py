@@ -165,3 +165,16 @@ def test_token_env_is_a_variable_name(tmp_path: Path, paper: dict) -> None:
 
 
 # -- any bytes as a config (issue D6) ------------------------------------------------------------
+
+
+def test_slurm_time_limit_inside_the_requeue_window_is_refused(tmp_path: Path, paper: dict) -> None:
+    """USR1 comes REQUEUE_SIGNAL_S before the limit and the job requeues to resume: a limit inside
+    that window would signal the job as it starts, and it would requeue forever."""
+    paper["cluster"]["jobs"]["eval"]["time_limit"] = "10"  # minutes: exactly the window
+    with pytest.raises(ConfigError, match=r"eval \(10\) is within the 600 s"):
+        load_config(_write(tmp_path, paper))
+    paper["cluster"]["requeue"] = False  # no requeue, no signal: any limit
+    assert load_config(_write(tmp_path, paper)).cluster.job("eval").time_limit == "10"
+    paper["cluster"]["requeue"] = True
+    paper["cluster"]["jobs"]["eval"]["time_limit"] = "00:10:01"
+    assert load_config(_write(tmp_path, paper)).cluster.job("eval").time_limit == "00:10:01"

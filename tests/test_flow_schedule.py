@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from compress_distill.config import load_config
-from compress_distill.jobs.node import REPLAY_STAMPS
-from compress_distill.plan import Plan, build_plan
+from compress_distill.jobs.replay import gates, job_records, replay_profile, spans
+from compress_distill.plan import build_plan
 
 from .conftest import CONFIGS, REPO, need_dev_cluster
 
@@ -29,12 +29,7 @@ def _replay(tmp: Path, scale: float = SCALE, ahead_s: float = 1.0) -> Path:
     from compress_distill.backends.devcluster import partition_nodes
 
     data = yaml.safe_load((CONFIGS / "paper.yaml").read_text())
-    data["cluster"] = {
-        "backend": "slurm", "partition": "debug", "nodes": 2, "gpus_per_node": 8, "gpu_type": "h100",
-        "max_concurrent_gpu_jobs": 8, "device": "cpu", "serve_with": "stage", "node_names": partition_nodes()[:2],
-        "jobs": {k: {"cpus_per_task": 1, "mem": "64M", "time_limit": "01:00:00"} for k in ("vllm", "train", "eval", "cpu")},
-        "replay": {"seconds_per_hour": scale}, "submit_ahead_s": ahead_s,
-    }
+    data["cluster"] = replay_profile(scale, ahead_s, partition_nodes()[:2], max_concurrent_gpu_jobs=8)
     path = tmp / "replay.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
@@ -45,27 +40,6 @@ def _run(cfg: Path, store: Path, *select: str, policy: str = "critical-path") ->
     return subprocess.Popen([sys.executable, "-m", "compress_distill.cli", "run", str(cfg), "--store", str(store),
                              "--policy", policy, "--json", "--no-progress", *args], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _jobs(store: Path) -> dict[str, dict]:
-    return {(d := json.loads(p.read_text()))["node"]: d for p in store.glob("*/.jobs/*/job.json")}
-
-
-def _stamps(store: Path) -> dict[str, tuple[float, float]]:
-    out = {}
-    for man in store.glob("*/*/manifest.json"):
-        stamps = man.parent / REPLAY_STAMPS
-        if stamps.is_file():
-            v = [float(x) for x in stamps.read_text().split()]
-            out[json.loads(man.read_text())["node"]] = (v[0], v[-1])
-    return out
-
-
-def _gates(plan: Plan, nid: str, jobs: set[str]) -> set[str]:
-    out: set[str] = set()
-    for d in plan.nodes[nid].deps:
-        out |= {d} if d in jobs else _gates(plan, d, jobs)
-    return out
 
 
 def _sacct_nodes(job_ids: list[str]) -> dict[str, str]:
@@ -86,12 +60,12 @@ def test_the_paper_dag_replays_through_run_as_the_scheduler_decided(tmp_path: Pa
     summary = json.loads(out)
     assert len(summary["ran"]) == len(plan.nodes) and not summary["failed"]
 
-    span, jobs = _stamps(store), _jobs(store)
+    span, jobs = spans(store), job_records(store)
     job_nodes = [n for n, node in plan.nodes.items() if node.job.kind != "cpu"]
     assert sorted(span) == sorted(job_nodes) == sorted(jobs)
     ahead = 0
     for nid, (start, _) in span.items():
-        gate_ends = [span[g][1] for g in _gates(plan, nid, set(span))]
+        gate_ends = [span[g][1] for g in gates(plan, nid, set(span))]
         assert start >= max(gate_ends, default=0.0), f"{nid} started before its inputs' jobs ended"
         ahead += bool(gate_ends) and jobs[nid]["submitted_at"] < max(gate_ends)
     assert ahead > 0  # submit-ahead: queued in Slurm before their inputs' jobs ended
@@ -127,7 +101,7 @@ def test_a_failed_input_cancels_the_jobs_queued_behind_it(tmp_path: Path) -> Non
     deadline = time.monotonic() + 120
     jobs: dict[str, dict] = {}
     while time.monotonic() < deadline:  # wait until compression jobs are queued behind the generation
-        jobs = _jobs(store)
+        jobs = job_records(store)
         if generate in jobs and any(n.startswith("compress/") for n in jobs):
             break
         time.sleep(0.2)
@@ -142,4 +116,4 @@ def test_a_failed_input_cancels_the_jobs_queued_behind_it(tmp_path: Path) -> Non
     for line in states.splitlines():
         _, state, elapsed = line.split("|")
         assert state.startswith("CANCELLED") and elapsed == "00:00:00", line  # cancelled while pending
-    assert not _stamps(store)  # no job's payload ever ran
+    assert not spans(store)  # no job's payload ever ran

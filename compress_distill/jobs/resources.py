@@ -11,11 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from ..config import ClusterProfile
-
-# Seconds before the time limit at which Slurm sends USR1 to a job's batch shell (--signal=B:USR1@N);
-# the batch wrapper (script.batch_script) then requeues the job.
-REQUEUE_SIGNAL_S = 600
+from ..config import REQUEUE_SIGNAL_S, ClusterProfile
 
 
 @dataclass(frozen=True)
