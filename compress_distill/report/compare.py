@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .model import STATUS_INC, STATUS_NA, STATUS_NO, STATUS_OK, CellInfo, ReportData
+from .model import STATUS_INC, STATUS_NA, STATUS_NO, STATUS_OK, CellInfo, Finding, ReportData
 from .stats import (
     BEATS,
     CHANCE_SES,
+    CI_LEVEL,
     LOSES,
     MATCHES,
+    N_RESAMPLES,
     Estimate,
     Statistic,
     contrast,
@@ -154,3 +156,31 @@ def tally(outcomes: Sequence[str | None]) -> str:
     tested = [o for o in outcomes if o is not None]
     return (f"{len(tested)} of {len(outcomes)} comparisons testable: {tested.count(HOLDS)} hold, "
             f"{tested.count(CONTRADICTS)} contradict, {tested.count(UNDECIDED)} inconclusive.")
+
+
+CI_RULE = (f"paired bootstrap over questions (and seeds), {N_RESAMPLES:,} resamples, {CI_LEVEL:.0%} "
+           f"percentile CI; a cell at or below chance makes a comparison not testable")
+
+
+def raw_pairs(d: ReportData, kind: str) -> list[tuple[CellInfo, CellInfo]]:
+    """(raw cell, other cell) for every cell of `kind` that has a raw cell in its configuration."""
+    out = []
+    for c in d.cells:
+        if c.data_kind != kind:
+            continue
+        raw = next((r for r in d.in_config(c.config) if r.data_kind == "raw"), None)
+        if raw is not None:
+            out.append((raw, c))
+    return out
+
+
+def close(f: Finding, outcomes: list[str | None], cmps: list[Compared], usually: bool = False) -> Finding:
+    f.status = (status_usually if usually else status_all)(outcomes)
+    f.evidence.insert(0, tally(outcomes) if outcomes else "no comparable cells in the grid.")
+    if f.status == STATUS_NA:
+        f.why_na = next((c.why_na for c in cmps if c.why_na), "no comparable cells in the grid") or ""
+    return f
+
+
+def verdict(o: str | None, words: tuple[str, str, str] = ("holds", "contradicts", "inconclusive")) -> str:
+    return {HOLDS: words[0], CONTRADICTS: words[1], UNDECIDED: words[2]}.get(o or "", "")
