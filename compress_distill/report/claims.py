@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .compare import (
     CI_RULE,
+    CI_TEXT,
     CONTRADICTS,
     HOLDS,
     UNDECIDED,
@@ -136,7 +137,7 @@ def finding_loss_order(d: ReportData) -> Finding:
                 f"Per configuration and pair of raw/compressed cells whose accuracy differs (CI excludes 0): "
                 f"holds when the more accurate cell has the lower final loss, contradicts otherwise; a pair "
                 f"whose accuracy CI includes 0 is inconclusive. Final loss: the training result's, else the "
-                f"last logged loss; one value per cell, no CI ({CI_RULE}).", STATUS_NA)
+                f"last logged loss, one value per cell (no CI). Accuracy {CI_RULE}.", STATUS_NA)
     outcomes: list[str | None] = []
     cmps: list[Compared] = []
     for cfg in d.configs:
@@ -154,8 +155,9 @@ def finding_loss_order(d: ReportData) -> Finding:
                     HOLDS if (acc == HOLDS) == (la < lb) else CONTRADICTS)
                 outcomes.append(o)
                 cmps.append(cmp)
-                f.evidence.append(diff_line(d, cmp) + f"; final loss {la:.4f} vs {lb:.4f} -> "
-                                  + verdict(o, ("orders agree", "orders disagree", "inconclusive")))
+                word = verdict(o, ("orders agree", "orders disagree", "inconclusive"))
+                f.evidence.append(diff_line(d, cmp) + f"; final loss {la:.4f} vs {lb:.4f}"
+                                  + (f" -> {word}" if word else ""))
     return close(f, outcomes, cmps)
 
 
@@ -167,8 +169,8 @@ def finding_answer_only(d: ReportData) -> Finding:
                 f"Unstable = reruns differ: some pair of seeds of the answer-only/full cell differs (paired CI "
                 f"of seed i - seed j excludes 0) while every seed pair of the raw/full cell of the same "
                 f"student matches (CI within +-{MATCH_MARGIN}). Contradicted when every answer-only seed pair "
-                f"matches. Needs >= 2 seeds per cell; at-chance is not a bar here (collapse is the claim) "
-                f"({CI_RULE}).", STATUS_NA)
+                f"matches. Needs >= 2 seeds per cell; at chance is no bar here, as collapse is the claim "
+                f"({CI_TEXT}).", STATUS_NA)
     outcomes: list[str | None] = []
     cmps: list[Compared] = []
     for ao in (c for c in d.cells if c.data_kind == "answer_only" and c.method_kind == "full"):

@@ -158,8 +158,9 @@ def tally(outcomes: Sequence[str | None]) -> str:
             f"{tested.count(CONTRADICTS)} contradict, {tested.count(UNDECIDED)} inconclusive.")
 
 
-CI_RULE = (f"paired bootstrap over questions (and seeds), {N_RESAMPLES:,} resamples, {CI_LEVEL:.0%} "
-           f"percentile CI; a cell at or below chance makes a comparison not testable")
+CI_TEXT = (f"CI: paired bootstrap over questions (and seeds), {N_RESAMPLES:,} resamples, {CI_LEVEL:.0%} "
+           "percentile")
+CI_RULE = f"{CI_TEXT}; a cell at or below chance makes a comparison not testable"
 
 
 def raw_pairs(d: ReportData, kind: str) -> list[tuple[CellInfo, CellInfo]]:

@@ -227,8 +227,9 @@ def observations(d: ReportData) -> list[str]:
         full = next((o for o in d.cells if (o.teacher, o.student, o.data) == (c.teacher, c.student, c.data)
                      and o.method_kind == "full"), None)
         if full is not None and d.records.get(full.cell) and d.records.get(c.cell):
-            out.append("Full vs LoRA: " + diff_line(d, compare(d, (full, c), contrast((1, -1)),
-                                                                check_chance=False)))
+            marks = [f"{name(d, x)} {d.mark(x)}" for x in (full, c) if d.mark(x)]
+            out.append("Full vs LoRA: " + diff_line(d, compare(d, (full, c), contrast((1, -1)), check_chance=False))
+                       + (f" ({'; '.join(marks)})" if marks else ""))
     return out
 
 
