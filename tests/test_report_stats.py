@@ -203,6 +203,16 @@ def test_every_cell_at_chance_makes_findings_not_testable_and_the_headline_says_
     assert re.match(rf"{len(found) - len(testable)} not testable: \(", lines[1]) and "(c) " in lines[1]
 
 
+def test_the_headline_names_findings_decided_on_part_of_their_comparisons() -> None:
+    at_chance = [i % 2 == 0 for i in range(N)]
+    found = findings(build_data(grid({("tiny", "full", "raw"): [first_k(380, N)],
+                                      ("tiny", "full", "mild"): [at_chance],
+                                      ("tiny", "full", "aggressive"): [first_k(300, N)]})))
+    lines = headline(found)
+    part = next(x for x in lines if "decided on part" in x)
+    assert "(c) 1 of 2" in part
+
+
 def test_truncation_beats_or_matches_uses_the_ci() -> None:
     def status(trunc: list[bool]) -> str:
         return by_key(grid({("tiny", "full", "aggressive"): [first_k(300, N)],

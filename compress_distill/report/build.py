@@ -85,6 +85,10 @@ def headline(found: Sequence[Finding]) -> list[str]:
     inc = sum(1 for f in testable if f.status == STATUS_INC)
     out = [f"{ok} of {len(testable)} testable directional findings reproduced ({no} not reproduced, {inc} "
            "inconclusive); statuses are computed from the tables and records below."]
+    part = [f for f in testable if f.tested < f.compared]
+    if part:
+        out.append(f"{len(part)} of them decided on part of their comparisons, the rest not testable: "
+                   + ", ".join(f"({f.key}) {f.tested} of {f.compared}" for f in part) + ".")
     na = [f for f in found if f.status == STATUS_NA]
     if na:
         out.append(f"{len(na)} not testable: " + "; ".join(f"({f.key}) {f.why_na}" for f in na) + ".")

@@ -177,6 +177,7 @@ def raw_pairs(d: ReportData, kind: str) -> list[tuple[CellInfo, CellInfo]]:
 
 def close(f: Finding, outcomes: list[str | None], cmps: list[Compared], usually: bool = False) -> Finding:
     f.status = (status_usually if usually else status_all)(outcomes)
+    f.tested, f.compared = sum(o is not None for o in outcomes), len(outcomes)
     f.evidence.insert(0, tally(outcomes) if outcomes else "no comparable cells in the grid.")
     if f.status == STATUS_NA:
         f.why_na = next((c.why_na for c in cmps if c.why_na), "no comparable cells in the grid") or ""

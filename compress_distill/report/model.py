@@ -374,3 +374,5 @@ class Finding:
     status: str  # STATUS_OK | STATUS_NO | STATUS_INC | STATUS_NA
     evidence: list[str] = field(default_factory=list)
     why_na: str = ""  # one line: why NOT TESTABLE (for the report's headline)
+    tested: int = 0  # comparisons testable / in all (paired findings; 0/0 for the others)
+    compared: int = 0
