@@ -86,6 +86,22 @@ def test_schema_and_answers(name: str) -> None:
             assert q["answer"] in LETTERS and vals[LETTERS.index(q["answer"])] == min(vals)
 
 
+@pytest.mark.parametrize("name", list(DOMAINS))
+def test_candidates_are_the_answer_space(name: str) -> None:
+    """The report's chance level is 1 / candidates: check that count against every test question."""
+    pool = _pool(name, "test")
+    spec = DOMAINS[name]
+    if name == "add":  # every residue occurs, and nothing else
+        assert {q["answer"] for q in pool} == {str(d) for d in range(spec.candidates)}
+    elif name == "cmp":  # the answer is always one of the two numbers named
+        assert all(q["question"].count(q["answer"]) >= 1 and len(q["question"].split(" or ")) == spec.candidates
+                   for q in pool)
+    elif name == "par":
+        assert {q["answer"] for q in pool} == {"yes", "no"} and spec.candidates == 2
+    else:
+        assert all(len(q["choices"] or []) == spec.candidates for q in pool)
+
+
 # ---------------------------------------------------------------- traces
 @pytest.mark.parametrize("name", list(DOMAINS))
 def test_traces_end_in_the_answer(name: str) -> None:

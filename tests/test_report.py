@@ -12,7 +12,7 @@ import pytest
 
 from compress_distill.report.build import ReportInputs, build_data, write_report
 from compress_distill.report.findings import findings
-from compress_distill.report.model import STATUS_NA, STATUS_NO, STATUS_OK
+from compress_distill.report.model import STATUS_INC, STATUS_NA, STATUS_NO, STATUS_OK
 
 TEACHER = "mini-teacher"
 GROUPS = ["Math", "Science", "Commonsense", "Medicine"]  # Medicine: an empty group in the mini world
@@ -28,6 +28,7 @@ LABELS = {"mini-teacher": "Mini teacher", "mini-mild": "Mild comp.", "mini-aggre
           "tiny": "Tiny", "small": "Small", "full": "Full", "lora": "LoRA", "raw": "Raw traces",
           "mild": "Mild comp.", "aggressive": "Aggressive comp.", "answer_only": "Answer-Only",
           "truncated": "Truncated"}
+CHANCE = {"add": 0.1, "cmp": 0.5, "par": 0.5}
 RAW_WINS = {"raw": 0.80, "mild": 0.72, "aggressive": 0.66, "truncated": 0.58, "answer_only": 0.40}
 RAW_LOSES = {**RAW_WINS, "aggressive": 0.86}
 
@@ -67,7 +68,7 @@ def make_inputs(base: dict[str, float], n_per_group: int = 60) -> ReportInputs:
         secs = 30 + tokens_total / 1500 * (1.5 if method == "full" else 1.0)
         steps = 300
         training.append({"cell": name, "steps": steps, "train_seconds": secs, "trainable_tokens": tokens_total,
-                         "gpus": 1, "final_loss": 0.2 + 0.1 * (data != "raw")})
+                         "gpus": 1, "final_loss": 0.2 + 0.5 * (1 - acc)})
         floor = 0.15 if kind == "answer_only" else 0.3 + 0.4 * (1 - acc)
         for s in range(1, steps + 1):
             loss.append({"cell": name, "step": s, "loss": floor + 3.0 * 0.98 ** s + rng.gauss(0, 0.03)})
@@ -98,8 +99,12 @@ def make_inputs(base: dict[str, float], n_per_group: int = 60) -> ReportInputs:
     yield_rows.append({"generator": TEACHER, "domain": "Total", "dataset": "Total", "total": 6000, "correct": 5700,
                        "correct_per_round": [4500, 900, 300], "cumulative_yield": [0.75, 0.9, 0.95],
                        "yield": 0.95, "avg_reasoning_chars": 420.0, "avg_total_tokens": 110.0})
+    datasets = [{"dataset": ds, "group": group, "source": f"synthetic:{ds}", "answer_type": "numeric",
+                 "chance": CHANCE[ds], "chance_basis": f"1/{round(1 / CHANCE[ds])}"}
+                for ds, (group, _) in DATASETS.items()]
     return ReportInputs(
-        cells=pa.Table.from_pylist(cells), eval_records=pa.Table.from_pylist(records), training=training,
+        cells=pa.Table.from_pylist(cells), eval_records=pa.Table.from_pylist(records), datasets=datasets,
+        training=training,
         loss_curves=pa.Table.from_pylist(loss), generation_yield=yield_rows, compression=compression,
         judge=judge, jobs=jobs, groups=GROUPS, labels=LABELS, title="Mini grid report",
         run_info={"run": "test", "wall time": "12 min"},
@@ -162,24 +167,31 @@ def test_tables_carry_ratios_empty_groups_and_energy(written: tuple[list[Path], 
 def test_findings_raw_wins(written: tuple[list[Path], str, str]) -> None:
     _, md, page = written
     statuses = {f.key: f.status for f in findings(build_data(make_inputs(RAW_WINS)))}
-    assert statuses == {"a": STATUS_OK, "b": STATUS_OK, "c": STATUS_OK, "d": STATUS_OK, "e": STATUS_OK}
+    # e: LoRA and Full lose the same 0.14 to compression here, so "LoRA narrows the gap" is undecided;
+    # f: aggressive retains 0.81-0.83 of raw, below the paper's 0.887-0.963; j: one seed per cell.
+    assert statuses == {"a": STATUS_OK, "b": STATUS_OK, "c": STATUS_OK, "d": STATUS_OK, "e": STATUS_INC,
+                        "f": STATUS_NO, "g": STATUS_OK, "h": STATUS_OK, "i": STATUS_OK, "j": STATUS_NA}
     assert "## Findings" in md and "Accuracy ordering" in md and "REPRODUCED" in page
+    assert "7 of 9 testable directional findings reproduced (1 not reproduced, 1 inconclusive)" in md
+    assert "1 not testable: (j) " in md and "Observations" in md
+    assert "Tiny/Full/Answer-Only is at chance" in md  # 0.40 against 0.367 +- 2 x 0.033
+    assert "### Table 1. Evaluation datasets" in md
 
 
 def test_findings_raw_loses() -> None:
     found = {f.key: f for f in findings(build_data(make_inputs(RAW_LOSES)))}
     assert found["c"].status == STATUS_NO
-    assert any("violated" in e and "Aggressive comp." in e for e in found["c"].evidence)
+    assert any("vs Tiny/Full/Aggressive comp." in e and e.endswith("contradicts") for e in found["c"].evidence)
     assert found["a"].status == STATUS_OK  # cost findings do not depend on accuracy
 
 
 def test_findings_truncation_and_method_can_fail() -> None:
-    # Truncation far above the compressor it matches, LoRA above full: both findings flip.
+    # Truncation far above the compressor it matches, and a LoRA gap far wider than Full's: both flip.
     base = {**RAW_WINS, "truncated": 0.79, "aggressive": 0.60}
     inputs = make_inputs(base)
     recs = inputs.eval_records.to_pylist()
-    for r in recs:  # make the LoRA cells answer everything right
-        if ".lora." in r["cell"]:
+    for r in recs:  # LoRA raw answers everything right: its gap to LoRA aggressive (0.52) is 0.48
+        if r["cell"].endswith(".lora.raw"):
             r["correct"] = True
     inputs.eval_records = recs
     found = {f.key: f.status for f in findings(build_data(inputs))}

@@ -51,13 +51,17 @@ class DomainSpec:
     name: str
     domain: str  # the paper's evaluation group, lower case
     answer_type: AnswerType
+    # How many answers a guesser who knows the answer format picks from (chance = 1 / candidates),
+    # and why; tests/test_miniworld.py checks each against the enumerated questions.
+    candidates: int
+    candidates_why: str
 
 
 DOMAINS: dict[str, DomainSpec] = {
-    "add": DomainSpec("add", "math", "numeric"),
-    "cmp": DomainSpec("cmp", "science", "numeric"),
-    "par": DomainSpec("par", "commonsense", "boolean"),
-    "min": DomainSpec("min", "logic", "letter"),
+    "add": DomainSpec("add", "math", "numeric", 10, "a residue mod 10: one of 10 digits"),
+    "cmp": DomainSpec("cmp", "science", "numeric", 2, "one of the two numbers the question names"),
+    "par": DomainSpec("par", "commonsense", "boolean", 2, "yes or no"),
+    "min": DomainSpec("min", "logic", "letter", 4, "one of 4 lettered options"),
 }
 
 

@@ -16,8 +16,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .figures import write_figures
-from .findings import findings
-from .model import STATUS_NA, STATUS_OK, Finding, ReportData, ReportInputs, TableBlock, build_data
+from .findings import findings, observations
+from .model import (
+    STATUS_INC,
+    STATUS_NA,
+    STATUS_NO,
+    STATUS_OK,
+    Finding,
+    ReportData,
+    ReportInputs,
+    TableBlock,
+    build_data,
+)
 from .tables import ALL_TABLES
 
 __all__ = ["ReportInputs", "build_data", "render_markdown", "render_html", "write_report"]
@@ -39,6 +49,7 @@ tr:nth-child(even) td { background: #fafafa; }
 .REPRODUCED { background: #d7f0d7; color: #1d5e1d; }
 .NOT-REPRODUCED { background: #f6d5d5; color: #7a1d1d; }
 .NOT-TESTABLE { background: #eee; color: #555; }
+.INCONCLUSIVE { background: #fbefcf; color: #6b5000; }
 figure { margin: 1.2rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { color: #444; font-size: .9rem; }
 """
@@ -65,6 +76,25 @@ def _md_finding(f: Finding) -> list[str]:
             "- Numbers:", *[f"  - {e}" for e in f.evidence], ""]
 
 
+def headline(found: Sequence[Finding]) -> list[str]:
+    """'N of M testable directional findings reproduced', counting testable findings only, then one
+    line naming the findings that were not testable and why."""
+    testable = [f for f in found if f.status != STATUS_NA]
+    ok = sum(1 for f in testable if f.status == STATUS_OK)
+    no = sum(1 for f in testable if f.status == STATUS_NO)
+    inc = sum(1 for f in testable if f.status == STATUS_INC)
+    out = [f"{ok} of {len(testable)} testable directional findings reproduced ({no} not reproduced, {inc} "
+           "inconclusive); statuses are computed from the tables and records below."]
+    part = [f for f in testable if f.tested < f.compared]
+    if part:
+        out.append(f"{len(part)} of them decided on part of their comparisons, the rest not testable: "
+                   + ", ".join(f"({f.key}) {f.tested} of {f.compared}" for f in part) + ".")
+    na = [f for f in found if f.status == STATUS_NA]
+    if na:
+        out.append(f"{len(na)} not testable: " + "; ".join(f"({f.key}) {f.why_na}" for f in na) + ".")
+    return out
+
+
 def _run_info(d: ReportData) -> list[tuple[str, str]]:
     info = [(str(k), str(v)) for k, v in d.inputs.run_info.items()]
     evaluated = sum(1 for c in d.cells if c.cell in d.metrics)
@@ -76,12 +106,15 @@ def render_markdown(d: ReportData, found: Sequence[Finding], tables: Sequence[Ta
                     figs: Sequence[tuple[Path, str]], base: Path) -> str:
     out = [f"# {d.inputs.title}", ""]
     out += [f"- **{k}**: {v}" for k, v in _run_info(d)]
-    ok = sum(1 for f in found if f.status == STATUS_OK)
-    testable = sum(1 for f in found if f.status != STATUS_NA)
-    out += ["", "## Findings", "", f"{ok} of {testable} testable directional findings reproduced "
-            "(statuses are computed from the tables below).", ""]
+    out += ["", "## Findings", ""]
+    for line in headline(found):
+        out += [line, ""]
     for f in found:
         out += _md_finding(f)
+    obs = observations(d)
+    if obs:
+        out += ["### Observations (measured, not claimed by the paper: no status)", ""]
+        out += [f"- {o}" for o in obs] + [""]
     out += ["## Tables", ""]
     for t in tables:
         out += _md_table(t)
@@ -121,7 +154,12 @@ def render_html(d: ReportData, found: Sequence[Finding], tables: Sequence[TableB
     body = [f"<h1>{_h(d.inputs.title)}</h1>", "<ul>"]
     body += [f"<li><b>{_h(k)}</b>: {_h(v)}</li>" for k, v in _run_info(d)]
     body += ["</ul>", "<h2>Findings</h2>"]
+    body += [f"<p>{_h(line)}</p>" for line in headline(found)]
     body += [_html_finding(f) for f in found]
+    obs = observations(d)
+    if obs:
+        body.append("<h3>Observations (measured, not claimed by the paper: no status)</h3><ul>"
+                    + "".join(f"<li>{_h(o)}</li>" for o in obs) + "</ul>")
     body.append("<h2>Tables</h2>")
     body += [_html_table(t) for t in tables]
     body.append("<h2>Figures</h2>")

@@ -18,7 +18,11 @@ Expected columns (optional ones in brackets):
   median_reasoning_chars, median_reasoning_tokens, acc_per_1k_tokens, acc:<group>,
   se:<group>, n:<group>).
 - eval_records: cell, id, dataset, group, correct, truncated, completion_tokens,
-  reasoning_chars, [reasoning_tokens]. Used for cells that have no eval_metrics row.
+  reasoning_chars, [reasoning_tokens], [failed], [seed]. Metrics come from them for cells that have
+  no eval_metrics row; the findings' paired comparisons always need them (per seed, by question id;
+  no seed column: one seed).
+- datasets: Table 1, one row per evaluated dataset: dataset, group, [source], [answer_type],
+  chance (None: unknown), chance_basis (how it was derived, or why it is unknown).
 - training: cell, steps, train_seconds, trainable_tokens, [gpus], [final_loss].
 - loss_curves: cell, step, loss, [split] (rows with split other than "train" are ignored).
 - generation_yield: the rows of `generation.yield_table.yield_table` (generator, domain, dataset,
@@ -57,12 +61,14 @@ from .metrics import (
     eval_metrics,
     ratios_vs_raw,
 )
+from .stats import SetChance, chance_mark, set_chance
 
 Rows = Sequence[Mapping[str, Any]] | Any  # list of dicts or a pyarrow.Table
 NA = "—"
 NOT_AVAILABLE = "not available"
 DATA_KIND_RANK = {"raw": 0, "compressed": 1, "truncated_to_match": 2, "prefix_fraction": 3, "answer_only": 4}
 STATUS_OK, STATUS_NO, STATUS_NA = "REPRODUCED", "NOT REPRODUCED", "NOT TESTABLE"
+STATUS_INC = "INCONCLUSIVE"  # testable, but the CIs decide neither way
 
 
 @dataclass
@@ -70,6 +76,7 @@ class ReportInputs:
     cells: Rows
     eval_metrics: Rows = None
     eval_records: Rows = None
+    datasets: Rows = None
     training: Rows = None
     loss_curves: Rows = None
     generation_yield: Rows = None
@@ -155,6 +162,10 @@ class ReportData:
     compression: list[CompressionStats]
     judge_rows: list[dict[str, Any]]
     jobs: list[dict[str, Any]]
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    # cell -> one {question id: record} per seed (sorted by seed); the findings' paired comparisons
+    records: dict[str, list[dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    chance: dict[str, SetChance] = field(default_factory=dict)
 
     def label(self, name: str | None) -> str:
         return NA if name is None else self.labels.get(name, name)
@@ -168,6 +179,12 @@ class ReportData:
     def acc(self, c: CellInfo | None) -> float | None:
         m = self.metrics.get(c.cell) if c else None
         return m.accuracy if m else None
+
+    def mark(self, c: CellInfo | None) -> str | None:
+        """"at chance" / "below chance" / None for a cell's overall accuracy (stats.chance_mark)."""
+        if c is None or c.cell not in self.chance:
+            return None
+        return chance_mark(self.acc(c), self.chance[c.cell])
 
     def kind_of(self, data: str) -> str:
         return next((c.data_kind for c in self.cells if c.data == data), _infer_kind(data))
@@ -238,13 +255,50 @@ def build_data(inputs: ReportInputs) -> ReportData:
         pts.sort()
 
     compression_rows = rows_of(inputs.compression)
+    datasets = rows_of(inputs.datasets)
+    records = seed_records(rows_of(inputs.eval_records))
     return ReportData(
         inputs=inputs, cells=cells, labels=labels, metrics=metrics, training=training,
         comparisons=comparisons, loss=dict(loss), groups=groups, data_order=data_order, configs=configs,
         yield_rows=rows_of(inputs.generation_yield), compression_rows=compression_rows,
         compression=compression_stats(compression_rows), judge_rows=rows_of(inputs.judge),
-        jobs=rows_of(inputs.jobs),
+        jobs=rows_of(inputs.jobs), datasets=datasets, records=records,
+        chance=cell_chance(datasets, records, metrics),
     )
+
+
+def seed_records(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, dict[str, Any]]]]:
+    """cell -> [{question id: record} per seed, by seed]; a failed request counts as wrong."""
+    by: dict[str, dict[int, dict[str, dict[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in rows:
+        seed = int(num(r.get("seed")) or 0)
+        rec = dict(r)
+        rec["correct"] = bool(r.get("correct")) and not r.get("failed")
+        rec["completion_tokens"] = num(r.get("completion_tokens")) or 0.0
+        by[str(r["cell"])][seed][str(r["id"])] = rec
+    return {cell: [seeds[s] for s in sorted(seeds)] for cell, seeds in by.items()}
+
+
+def cell_chance(datasets: list[dict[str, Any]], records: dict[str, list[dict[str, dict[str, Any]]]],
+                metrics: dict[str, EvalMetrics]) -> dict[str, SetChance]:
+    """Chance of each cell's evaluation set: per question from its dataset when records exist,
+    else per group from the metrics' group counts (known only when the group's datasets agree)."""
+    by_ds = {str(r["dataset"]): num(r.get("chance")) for r in datasets}
+    by_group: dict[str, set[float | None]] = defaultdict(set)
+    for r in datasets:
+        by_group[str(r.get("group"))].add(num(r.get("chance")))
+    out: dict[str, SetChance] = {}
+    for cell in set(records) | set(metrics):
+        if cell in records:
+            first = records[cell][0]
+            out[cell] = set_chance([by_ds.get(str(r.get("dataset"))) for r in first.values()])
+            continue
+        levels: list[float | None] = []
+        for g in metrics[cell].groups:
+            cs = by_group.get(g.group, {None})
+            levels += [next(iter(cs)) if len(cs) == 1 else None] * g.n
+        out[cell] = set_chance(levels)
+    return out
 
 
 # ---------------------------------------------------------------- formatting (never "nan")
@@ -317,5 +371,8 @@ class Finding:
     title: str
     paper: str  # the paper's directional claim
     rule: str  # how REPRODUCED is decided from the data
-    status: str  # STATUS_OK | STATUS_NO | STATUS_NA
+    status: str  # STATUS_OK | STATUS_NO | STATUS_INC | STATUS_NA
     evidence: list[str] = field(default_factory=list)
+    why_na: str = ""  # one line: why NOT TESTABLE (for the report's headline)
+    tested: int = 0  # comparisons testable / in all (paired findings; 0/0 for the others)
+    compared: int = 0

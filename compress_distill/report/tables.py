@@ -1,4 +1,4 @@
-"""The paper's tables (2-11) as `TableBlock`s, filled from measured data in a `ReportData`.
+"""The paper's tables (1-11) as `TableBlock`s, filled from measured data in a `ReportData`.
 
 Each builder returns an "not available" block when its input part is missing rather than
 raising, so a partial run still gets a report.
@@ -26,6 +26,7 @@ from .model import (
     num,
     unavailable,
 )
+from .stats import CHANCE_SES, chance_mark, set_chance
 
 
 def _cfg_cols(d: ReportData, cfg: tuple[str, str, str]) -> list[str]:
@@ -40,6 +41,45 @@ def _by_student_data_method(d: ReportData) -> list[CellInfo]:
                                           d.data_order.index(c.data), d.cells.index(c)))
 
 
+def table1(d: ReportData) -> TableBlock:
+    title = "Table 1. Evaluation datasets: group and chance level"
+    if not d.datasets:
+        return unavailable("table1", title, "no dataset rows")
+    counts: dict[str, set[str]] = defaultdict(set)
+    for seeds in d.records.values():
+        for r in seeds[0].values():
+            counts[str(r.get("dataset"))].add(str(r.get("id")))
+    t = TableBlock("table1", title, ["Group", "Dataset", "Source", "Answer type", "Eval questions", "Chance",
+                                     "How chance is derived"])
+    for r in d.datasets:
+        ds = str(r["dataset"])
+        n = len(counts[ds]) if ds in counts else None
+        chance = num(r.get("chance"))
+        t.rows.append([str(r.get("group") or NA), ds, str(r.get("source") or NA), str(r.get("answer_type") or NA),
+                       f_int(n), f_num(chance) if chance is not None else "unknown",
+                       str(r.get("chance_basis") or NA)])
+    t.notes.append("Chance: the accuracy of a guesser who knows the answer format. A cell's chance is the "
+                   "question-weighted mean over its datasets; a cell within "
+                   f"{CHANCE_SES:g} SE (binomial, at the chance level) of it is marked 'at chance', more than "
+                   "that below it 'below chance'. 'unknown': at chance cannot be judged for it.")
+    return t
+
+
+def _mark(d: ReportData, c: CellInfo | None) -> str:
+    m = d.mark(c)
+    return f" ({m})" if m else ""
+
+
+def _group_mark(d: ReportData, c: CellInfo, group: str, acc: float | None) -> str:
+    seeds = d.records.get(c.cell)
+    if not seeds or not d.datasets:
+        return ""
+    by_ds = {str(r["dataset"]): num(r.get("chance")) for r in d.datasets}
+    levels = [by_ds.get(str(r.get("dataset"))) for r in seeds[0].values() if r.get("group") == group]
+    m = chance_mark(acc, set_chance(levels)) if levels else None
+    return f" ({m})" if m else ""
+
+
 def table3(d: ReportData) -> TableBlock:
     title = "Table 3. Overall accuracy (± binomial SE) by teacher, student, method and data source"
     if not d.metrics:
@@ -50,9 +90,10 @@ def table3(d: ReportData) -> TableBlock:
         for data in d.data_order:
             c = d.cell_at(*cfg, data)
             m = d.metrics.get(c.cell) if c else None
-            row.append(f_acc_se(m.accuracy, m.accuracy_se) if m else NA)
+            row.append(f_acc_se(m.accuracy, m.accuracy_se) + _mark(d, c) if m else NA)
         t.rows.append(row)
-    t.notes.append(f"{NA}: cell not in the grid or not evaluated. Overall accuracy is over all records.")
+    t.notes.append(f"{NA}: cell not in the grid or not evaluated. Overall accuracy is over all records. "
+                   "'at chance' / 'below chance': see Table 1.")
     return t
 
 
@@ -175,9 +216,10 @@ def table7(d: ReportData) -> TableBlock:
             continue
         for g in d.groups:
             ga = m.group(g)
-            row.append(f_acc_se(ga.accuracy, ga.se) if ga and ga.n else NA)
-        t.rows.append(row + [f_acc_se(m.accuracy, m.accuracy_se), f_int(m.n)])
-    t.notes.append(f"{NA} in a group column: no records in that group (empty group), not zero accuracy.")
+            row.append(f_acc_se(ga.accuracy, ga.se) + _group_mark(d, c, g, ga.accuracy) if ga and ga.n else NA)
+        t.rows.append(row + [f_acc_se(m.accuracy, m.accuracy_se) + _mark(d, c), f_int(m.n)])
+    t.notes.append(f"{NA} in a group column: no records in that group (empty group), not zero accuracy. "
+                   "'at chance' / 'below chance': see Table 1.")
     return t
 
 
@@ -346,5 +388,5 @@ def table11b(d: ReportData) -> TableBlock:
 
 
 ALL_TABLES: list[Callable[[ReportData], TableBlock]] = [
-    table3, table4, table2, table5, table6, table6b, table7, table8, table9, table10, table11, table11b,
+    table1, table3, table4, table2, table5, table6, table6b, table7, table8, table9, table10, table11, table11b,
 ]

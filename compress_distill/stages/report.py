@@ -13,6 +13,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ..config import StudyConfig
+from ..datasets.chance import dataset_chance
 from ..plan import Cell, expand_cells
 from ..report.build import ReportInputs, write_report
 from . import StageContext, StageResult
@@ -27,6 +29,7 @@ def run(ctx: StageContext) -> StageResult:
         paths.setdefault(stage, {})[name] = path
     cells: list[dict[str, Any]] = []
     metrics: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
     losses: list[dict[str, Any]] = []
     jobs: list[dict[str, Any]] = []
@@ -37,6 +40,10 @@ def run(ctx: StageContext) -> StageResult:
                       "data": c.data, "data_kind": src.kind, "compressor": src.compressor,
                       "method_kind": cfg.methods[c.method].kind, "gpus": c.gpus, "block": c.block})
         metrics.append({"cell": name, **json.loads((path / "metrics.json").read_text())})
+        # Per-question records for the paired comparisons; the responses themselves are not needed.
+        recs = pq.read_table(path / "records.parquet")
+        records.extend({"cell": name, **r} for r in recs.select([c for c in RECORD_COLUMNS
+                                                                 if c in recs.column_names]).to_pylist())
     for name, path in sorted(paths.get("train", {}).items()):
         training.append({"cell": name, "gpus": cell_of[name].gpus,
                          **json.loads((path / "train_result.json").read_text())})
@@ -50,13 +57,31 @@ def run(ctx: StageContext) -> StageResult:
     judge = [r for p in paths.get("judge", {}).values() for r in pq.read_table(p / "verdicts.parquet").to_pylist()]
     labels = {k: v.label for group in (cfg.teachers, cfg.compressors, cfg.students, cfg.methods, cfg.data_sources)
               for k, v in group.items()}
-    inputs = ReportInputs(cells=cells, eval_metrics=metrics, training=training, loss_curves=losses,
+    inputs = ReportInputs(cells=cells, eval_metrics=metrics, eval_records=records, datasets=dataset_rows(cfg),
+                          training=training, loss_curves=losses,
                           generation_yield=yield_rows, compression=compression, judge=judge or None, jobs=jobs,
                           groups=list(cfg.evaluation.groups), labels=labels,
                           title=f"Compress-Distill reproduction: {cfg.name}",
                           run_info={"config": cfg.name})
     files = write_report(inputs, ctx.out)
     return StageResult({}, {"cells": len(cells), "files": [str(f.relative_to(ctx.out)) for f in files]})
+
+
+RECORD_COLUMNS = ("id", "dataset", "group", "correct", "failed", "truncated", "completion_tokens", "seed")
+
+
+def dataset_rows(cfg: StudyConfig) -> list[dict[str, Any]]:
+    """Table 1: each evaluated dataset with its group and chance level (`datasets.chance`)."""
+    out = []
+    for group, names in cfg.evaluation.groups.items():
+        for ds in names:
+            spec = cfg.datasets.get(ds)
+            if spec is None:
+                continue
+            ch = dataset_chance(ds, spec.source, spec.answer_type, spec.subset)
+            out.append({"dataset": ds, "group": group, "source": spec.source, "answer_type": spec.answer_type,
+                        "chance": ch.level, "chance_basis": ch.basis})
+    return out
 
 
 def _job(stage: str, name: str, path: Path, cell: Cell | None) -> dict[str, Any]:
