@@ -2,11 +2,13 @@
 
 - fig2_rho.png: distribution of the compression ratio rho per (teacher, compressor), and the ECDF
   of trace lengths before/after compression (paper Fig. 2).
-- fig3_loss.png: training loss curves, one panel per (teacher, student, method), one line per source.
+- fig3_loss.png: training loss curves, one panel per (teacher, student, method), one line per source;
+  log-scale loss axis, each curve's final loss marked and printed.
 - fig4_acc_vs_length.png: overall accuracy against median reasoning length; marker = data source,
   colour = student, hollow = LoRA (paper Fig. 4).
 - fig5_pareto.png: accuracy against inference cost (avg completion tokens) and training cost
-  (GPU-hours, or wall-clock hours when no GPU was used), with the Pareto front highlighted.
+  (the train job's measured cost: GPU-hours for GPU jobs, CPU core-hours for CPU-only jobs;
+  report/cost.py), with the Pareto front highlighted.
 
 Each figure function returns False (and writes nothing) when its data is missing.
 """
@@ -22,8 +24,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from .cost import train_cost_axis
 from .model import CellInfo, ReportData, num
-from .tables import job_gpu_hours
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 DPI = 130
@@ -109,6 +111,7 @@ def fig_loss(d: ReportData, path: Path) -> bool:
     colors = dict(zip(d.data_order, _colors(len(d.data_order)), strict=True))
     smoothed_any = False
     for ax, cfg in zip(axes, configs, strict=False):
+        positive = True
         for c in d.in_config(cfg):
             pts = d.loss.get(c.cell)
             if not pts:
@@ -117,11 +120,20 @@ def fig_loss(d: ReportData, path: Path) -> bool:
             y, smoothed = _smooth(np.array([p[1] for p in pts]))
             smoothed_any |= smoothed
             ax.plot(x, y, color=colors[c.data], linewidth=1.6, label=d.label(c.data))
+            # The final loss, marked and printed: on a linear axis the late, small losses of all
+            # sources collapse onto one line at the bottom.
+            ax.plot([x[-1]], [y[-1]], marker="o", markersize=4, color=colors[c.data])
+            ax.annotate(f"{y[-1]:.3g}", (x[-1], y[-1]), xytext=(4, 0), textcoords="offset points",
+                        fontsize=7, va="center", color=colors[c.data])
+            positive &= bool(np.all(y > 0))
         title = f"{d.label(cfg[1])} · {d.label(cfg[2])}"
         ax.set_title(title + (f" ({d.label(cfg[0])})" if len({k[0] for k in configs}) > 1 else ""), fontsize=10)
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.grid(alpha=0.3)
+        if positive:  # cross-entropy is > 0; a log axis keeps the final losses apart
+            ax.set_yscale("log")
+        ax.set_ylabel("training loss" + (" (log scale)" if positive else ""))
+        ax.margins(x=0.12)  # room for the final-loss labels
+        ax.grid(alpha=0.3, which="both")
     for ax in axes[len(configs):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=colors[x], linewidth=2, label=d.label(x)) for x in d.data_order]
@@ -195,22 +207,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def train_cost(d: ReportData) -> tuple[dict[str, float], str]:
-    """Per-cell training cost: measured GPU-hours, or wall-clock hours when no GPU-hours exist (CPU runs)."""
-    gpu_h: dict[str, float] = {}
-    for r in d.jobs:
-        if r.get("stage") == "train" and r.get("cell"):
-            gpu_h[str(r["cell"])] = gpu_h.get(str(r["cell"]), 0.0) + job_gpu_hours(r)
-    for cell, tr in d.training.items():
-        if cell not in gpu_h and num(tr.get("gpus")) and num(tr.get("train_seconds")) is not None:
-            gpu_h[cell] = (num(tr.get("train_seconds")) or 0.0) / 3600 * (num(tr.get("gpus")) or 0.0)
-    if any(v > 0 for v in gpu_h.values()):
-        return gpu_h, "training GPU-hours"
-    hours = {c: (num(tr.get("train_seconds")) or 0.0) / 3600 for c, tr in d.training.items()
-             if num(tr.get("train_seconds")) is not None}
-    return hours, "training wall-clock hours (no GPU used)"
-
-
 def _pareto_panel(ax: Axes, d: ReportData, cost: Callable[[CellInfo], float | None], xlabel: str) -> bool:
     pts = []
     for c in d.cells:
@@ -248,8 +244,8 @@ def fig_pareto(d: ReportData, path: Path) -> bool:
     ok1 = _pareto_panel(ax1, d, lambda c: d.metrics[c.cell].avg_completion_tokens if c.cell in d.metrics else None,
                         "avg. completion tokens per answer (inference cost)")
     ax1.set_title("Accuracy vs. inference cost")
-    costs, label = train_cost(d)
-    ok2 = _pareto_panel(ax2, d, lambda c: costs.get(c.cell), label)
+    axis = train_cost_axis(d)  # the measured cost of each cell's train job, in one unit (report/cost.py)
+    ok2 = _pareto_panel(ax2, d, lambda c: axis.values.get(c.cell), axis.label)
     ax2.set_title("Accuracy vs. training cost")
     if not (ok1 or ok2):
         return False

@@ -13,6 +13,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ..jobcost import node_job_cost
 from ..plan import Cell, expand_cells
 from ..report.build import ReportInputs, write_report
 from . import StageContext, StageResult
@@ -60,7 +61,15 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def _job(stage: str, name: str, path: Path, cell: Cell | None) -> dict[str, Any]:
-    """Measured wall time of a committed step, from its manifest (local runs; Slurm adds sacct rows)."""
+    """Measured cost of a committed step's job (jobcost.node_job_cost): the job's own run time from
+    its state file, never the manifest's `seconds` (that counts the wait for a worker or slot)."""
     m = json.loads((path / "manifest.json").read_text())
-    return {"stage": stage, "name": name, "elapsed_s": m.get("seconds"), "gpus": m["job"]["gpus"],
-            "cell": cell.name if cell else None, "job_id": m["job"].get("job_id"), "source": "local"}
+    states = []
+    for f in sorted((path.parent / ".jobs" / path.name).glob("*.state.json")):  # jobs.node.job_dir
+        try:
+            states.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    cost = node_job_cost(m, states)
+    return {"stage": stage, "name": name, "cell": cell.name if cell else None, "job_id": m["job"].get("job_id"),
+            **cost.to_row()}
