@@ -28,7 +28,7 @@ from typing import Any
 TDP_W = 700.0         # H100 SXM (paper H.5)
 PUE = 1.15
 GCO2_PER_KWH = 79.0   # Finnish grid average 2023 (paper H.5)
-GPU, CPU = "gpu", "cpu"
+GPU, CPU, UNKNOWN = "gpu", "cpu", "unknown"
 NO_GPU = "n/a: no GPU"
 
 
@@ -47,17 +47,20 @@ class EnergyModel:
 
 @dataclass(frozen=True)
 class JobCost:
-    """What one job cost. `gpus` are the GPUs it ran on (0: a CPU job), `cpus` its allocated
-    cores (None: not recorded). `clock` names where `seconds` came from."""
+    """What one job cost. `gpus` are the GPUs it ran on (0: a CPU job; None: not recorded, so
+    neither GPU-hours nor core-hours can be given), `cpus` its allocated cores (None: not
+    recorded). `clock` names where `seconds` came from."""
 
     seconds: float | None
-    gpus: int
+    gpus: int | None
     cpus: int | None
     clock: str
     unmeasured: str | None = None  # why `seconds` (or the resources) are unknown
 
     @property
     def resource(self) -> str:
+        if self.gpus is None:
+            return UNKNOWN
         return GPU if self.gpus > 0 else CPU
 
     @property
@@ -67,7 +70,9 @@ class JobCost:
     @property
     def gpu_hours(self) -> float | None:
         """GPUs x hours; None for a CPU job (it has no GPU-hours, not zero of them) or when unmeasured."""
-        return None if self.resource != GPU or self.hours is None else self.gpus * self.hours
+        if self.gpus is None or self.resource != GPU or self.hours is None:
+            return None
+        return self.gpus * self.hours
 
     @property
     def cpu_core_hours(self) -> float | None:
@@ -77,8 +82,12 @@ class JobCost:
         return self.cpus * self.hours
 
     def cost(self) -> tuple[float | None, str]:
-        """(value, unit) in the job's own unit: GPU-hours for a GPU job, CPU core-hours otherwise."""
-        return (self.gpu_hours, "GPU-hours") if self.resource == GPU else (self.cpu_core_hours, "CPU core-hours")
+        """(value, unit) in the job's own unit: GPU-hours for a GPU job, CPU core-hours for a CPU job."""
+        if self.resource == GPU:
+            return self.gpu_hours, "GPU-hours"
+        if self.resource == CPU:
+            return self.cpu_core_hours, "CPU core-hours"
+        return None, "unknown"
 
     def energy_kwh(self, model: EnergyModel = EnergyModel()) -> float | None:
         gh = self.gpu_hours
@@ -96,9 +105,8 @@ class JobCost:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobCost:
         """A `jobs` row back to a JobCost (rows given by hand need elapsed_s, gpus; cpus optional)."""
-        secs = _num(row.get("elapsed_s"))
-        cpus = _num(row.get("cpus"))
-        return cls(seconds=secs, gpus=int(_num(row.get("gpus")) or 0), cpus=None if cpus is None else int(cpus),
+        secs, gpus, cpus = _num(row.get("elapsed_s")), _num(row.get("gpus")), _num(row.get("cpus"))
+        return cls(seconds=secs, gpus=None if gpus is None else int(gpus), cpus=None if cpus is None else int(cpus),
                    clock=str(row.get("source") or "job"),
                    unmeasured=row.get("unmeasured") or (None if secs is not None else "no run time recorded"))
 
@@ -129,8 +137,8 @@ def node_job_cost(manifest: Mapping[str, Any], states: Sequence[Mapping[str, Any
     if gpus_used is None:
         # Manifests written before the runner recorded the GPUs a job ran on: the planned count
         # is not evidence that a GPU was used (a `device: cpu` profile plans GPUs it never touches).
-        why = "the GPUs the job ran on were not recorded (manifest of an older run)"
-    gpus = int(gpus_used or 0)
+        why = "what the job ran on was not recorded (manifest of an older run)"
+    gpus = None if gpus_used is None else int(gpus_used)
     cpus_i = None if cpus is None else int(cpus)
     if backend == "inprocess":  # ran inside the orchestrator: started/finished wrap the stage alone
         start, end = _num(manifest.get("started_at")), _num(manifest.get("finished_at"))
@@ -153,7 +161,7 @@ def node_job_cost(manifest: Mapping[str, Any], states: Sequence[Mapping[str, Any
     return JobCost(None, gpus, cpus_i, backend, why or f"job {job_id} has no recorded run time yet")
 
 
-def sacct_cost(elapsed_s: float | None, gpus: int, cpus: int | None) -> JobCost:
+def sacct_cost(elapsed_s: float | None, gpus: int | None, cpus: int | None) -> JobCost:
     """One sacct attempt (ElapsedRaw, AllocTRES counts) as a JobCost."""
     return JobCost(elapsed_s, gpus, cpus, "sacct ElapsedRaw", None if elapsed_s is not None else "no ElapsedRaw")
 

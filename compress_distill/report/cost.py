@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..jobcost import CPU, GPU, EnergyModel, JobCost
-from .model import ReportData, num
+from .model import NA, ReportData, num
 
 
 def energy_model(d: ReportData) -> EnergyModel:
@@ -32,8 +32,10 @@ def train_costs(d: ReportData) -> dict[str, list[JobCost]]:
 
 
 def ran_on(costs: list[JobCost]) -> str:
-    """'1 GPU', '4 GPUs', '1 CPU core', 'CPU (cores not recorded)' for the last attempt."""
+    """'1 GPU', '4 GPUs', '1 CPU core', 'CPU (cores not recorded)', '—: not recorded' (last attempt)."""
     c = costs[-1]
+    if c.gpus is None:
+        return f"{NA}: not recorded"
     if c.resource == GPU:
         return f"{c.gpus} GPU" + ("s" if c.gpus > 1 else "")
     if c.cpus is None:

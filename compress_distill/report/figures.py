@@ -100,10 +100,11 @@ def _smooth(y: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.concatenate([head, np.convolve(y, kernel, mode="valid")]), True
 
 
-def fig_loss(d: ReportData, path: Path) -> bool:
+def loss_figure(d: ReportData) -> Figure | None:
+    """Fig. 3 as a Figure (None without loss curves); `fig_loss` writes it."""
     configs = [cfg for cfg in d.configs if any(c.cell in d.loss for c in d.in_config(cfg))]
     if not configs:
-        return False
+        return None
     ncols = min(3, len(configs))
     nrows = (len(configs) + ncols - 1) // ncols
     fig = _new(4.6 * ncols, 3.4 * nrows + 0.6)
@@ -140,7 +141,12 @@ def fig_loss(d: ReportData, path: Path) -> bool:
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=9)
     fig.suptitle("Fig. 3 — Training loss per cell" + (" (moving average)" if smoothed_any else ""),
                  fontweight="bold")
-    return _save(fig, path)
+    return fig
+
+
+def fig_loss(d: ReportData, path: Path) -> bool:
+    fig = loss_figure(d)
+    return fig is not None and _save(fig, path)
 
 
 def _style(d: ReportData) -> tuple[dict[str, str], dict[str, tuple[float, float, float, float]]]:
@@ -236,9 +242,10 @@ def _pareto_panel(ax: Axes, d: ReportData, cost: Callable[[CellInfo], float | No
     return True
 
 
-def fig_pareto(d: ReportData, path: Path) -> bool:
+def pareto_figure(d: ReportData) -> Figure | None:
+    """The accuracy-cost figure (None without accuracies); `fig_pareto` writes it."""
     if not any(m.accuracy is not None for m in d.metrics.values()):
-        return False
+        return None
     fig = _new(13, 5.4)
     ax1, ax2 = fig.subplots(1, 2)
     ok1 = _pareto_panel(ax1, d, lambda c: d.metrics[c.cell].avg_completion_tokens if c.cell in d.metrics else None,
@@ -248,10 +255,15 @@ def fig_pareto(d: ReportData, path: Path) -> bool:
     ok2 = _pareto_panel(ax2, d, lambda c: axis.values.get(c.cell), axis.label)
     ax2.set_title("Accuracy vs. training cost")
     if not (ok1 or ok2):
-        return False
+        return None
     fig.suptitle("Accuracy–cost trade-off (circled: Pareto front, higher accuracy at lower cost)",
                  fontweight="bold")
-    return _save(fig, path)
+    return fig
+
+
+def fig_pareto(d: ReportData, path: Path) -> bool:
+    fig = pareto_figure(d)
+    return fig is not None and _save(fig, path)
 
 
 FIGURES: list[tuple[str, str, Callable[[ReportData, Path], bool]]] = [
