@@ -1,7 +1,7 @@
 """PNG figures of the report (matplotlib, Agg canvas; no pyplot global state).
 
 - fig2_rho.png: distribution of the compression ratio rho per (teacher, compressor), and the ECDF
-  of trace lengths before/after compression (paper Fig. 2).
+  of trace lengths before/after compression in tokens (chars when no token counts; paper Fig. 2).
 - fig3_loss.png: training loss curves, one panel per (teacher, student, method), one line per source;
   log-scale loss axis, each curve's final loss marked and printed.
 - fig4_acc_vs_length.png: overall accuracy against median reasoning length; marker = data source,
@@ -52,12 +52,21 @@ def _save(fig: Figure, path: Path) -> bool:
 
 def fig_rho(d: ReportData, path: Path) -> bool:
     by: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    lengths: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (raw, compressed) tokens when recorded
     for r in d.compression_rows:
         raw_c, comp_c = num(r.get("raw_chars")), num(r.get("compressed_chars"))
         if raw_c and raw_c > 0 and comp_c is not None and r.get("usable") is not False:
             by.setdefault((str(r["teacher"]), str(r["compressor"])), []).append((raw_c, comp_c))
+            raw_t, comp_t = num(r.get("raw_tokens")), num(r.get("compressed_tokens"))
+            lengths.setdefault((str(r["teacher"]), str(r["compressor"])), []).append(
+                (raw_t if raw_t is not None else -1.0, comp_t if comp_t is not None else -1.0))
     if not by:
         return False
+    # The paper plots trace lengths in tokens; characters only when the artifact has no token counts.
+    in_tokens = all(a >= 0 and b >= 0 for pts in lengths.values() for a, b in pts)
+    unit = "tokens" if in_tokens else "chars"
+    if not in_tokens:
+        lengths = by
     fig = _new(12, 4.6)
     ax1, ax2 = fig.subplots(1, 2)
     colors = _colors(len(by))
@@ -71,18 +80,20 @@ def fig_rho(d: ReportData, path: Path) -> bool:
         ax1.hist(rho, bins=bins, histtype="step", linewidth=2, color=col, density=True,
                  label=f"{who}: mean ρ={rho.mean():.3f}")
         ax1.axvline(rho.mean(), color=col, linestyle=":", linewidth=1.2)
-        xs = np.sort(pts[:, 1])
+        lp = np.array(lengths[(teacher, comp)])
+        xs = np.sort(lp[:, 1])
         ax2.plot(xs, np.arange(1, len(xs) + 1) / len(xs), color=col, linewidth=2, label=f"{who} compressed")
         if teacher not in raw_seen:  # raw lengths once per teacher (they are the same input for each compressor)
             raw_seen.add(teacher)
-            xr = np.sort(pts[:, 0])
+            xr = np.sort(lp[:, 0])
             ax2.plot(xr, np.arange(1, len(xr) + 1) / len(xr), color="black", linewidth=2,
                      linestyle="--" if len(raw_seen) == 1 else "-.", label=f"raw ({d.label(teacher)})")
     ax1.set(title="Per-trace compression ratio ρ = compressed / raw chars", xlabel="ρ", ylabel="density")
     ax1.legend(fontsize=8)
-    ax2.set(title="Trace length before and after compression (ECDF)", xlabel="reasoning length (chars)",
+    ax2.set(title="Trace length before and after compression (ECDF)", xlabel=f"reasoning length ({unit})",
             ylabel="fraction of traces ≤ x", ylim=(0, 1.02))
-    if max(p[0] for pts in by.values() for p in pts) > 20 * max(1.0, min(p[1] for pts in by.values() for p in pts)):
+    if max(p[0] for pts in lengths.values() for p in pts) > 20 * max(1.0, min(p[1] for pts in lengths.values()
+                                                                              for p in pts)):
         ax2.set_xscale("log")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8, loc="lower right")

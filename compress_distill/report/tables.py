@@ -99,6 +99,11 @@ def table5(d: ReportData) -> TableBlock:
         t.rows.append([d.label(s.teacher), d.label(s.compressor), s.domain or NA, s.dataset, f_int(s.n),
                        f_auto(s.mean_raw_chars), f_auto(s.mean_compressed_chars),
                        f_auto(s.mean_compressed_tokens), f_num(s.mean_rho)])
+    t.notes.append("Lengths of the reasoning part; Comp. tok: tokens of the compressed reasoning by the "
+                   "compressor's tokenizer (as the paper, a token column beside the character columns).")
+    if any(s.mean_compressed_tokens is None for s in d.compression):
+        t.notes.append(f"{NA} in Comp. tok: the compression artifact holds no token counts (written before the "
+                       "compress stage kept them); rerun the compress step to fill it.")
     return t
 
 
