@@ -143,8 +143,11 @@ def node_job_cost(manifest: Mapping[str, Any], states: Sequence[Mapping[str, Any
     if backend == "inprocess":  # ran inside the orchestrator: started/finished wrap the stage alone
         start, end = _num(manifest.get("started_at")), _num(manifest.get("finished_at"))
         secs = end - start if start is not None and end is not None else None
-        return JobCost(secs, gpus, cpus_i, "in-process stage", why or (None if secs is not None else
-                                                                        "no start/end in the manifest"))
+        if secs is None:
+            why = why or "no start/end in the manifest"
+        elif cpus_i is None:
+            why = why or "the cores of a step run inside the orchestrator are not recorded"
+        return JobCost(secs, gpus, cpus_i, "in-process stage", why)
     job_id = str(job.get("job_id") or "")
     mine = [s for s in states if str(s.get("job_id") or "") == job_id] if job_id else []
     if not mine:

@@ -219,3 +219,16 @@ def test_loss_axis_is_log_scale_with_final_losses_printed() -> None:
     assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
     final = f"{3.0 * 0.5 ** 29 + 0.01:.3g}"
     assert final in [t.get_text() for t in ax.texts]
+
+
+def test_report_finds_upstream_jobs_that_are_not_its_inputs(tmp_path: Path) -> None:
+    """Generation is no input of the report (verify is), yet its job is part of the study's compute."""
+    from compress_distill.stages.report import _upstream
+
+    verify = tmp_path / "verify" / "pool-k1"
+    gen = tmp_path / "generate" / "teacher-k0"
+    for d in (verify, gen):
+        d.mkdir(parents=True)
+    (verify / "manifest.json").write_text(json.dumps({"identity": {"upstream": {"generate/teacher": "k0"}}}))
+    (gen / "manifest.json").write_text(json.dumps({"identity": {"upstream": {}}}))
+    assert _upstream({"verify/pool": verify}) == {"verify/pool": verify, "generate/teacher": gen}

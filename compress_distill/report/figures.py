@@ -242,7 +242,7 @@ def _pareto_panel(ax: Axes, d: ReportData, cost: Callable[[CellInfo], float | No
     ax.scatter([p[1] for p in front], [p[2] for p in front], s=260, facecolors="none", edgecolors="black",
                linewidths=1.2, zorder=3)
     for i, (c, x, y) in enumerate(front):
-        last = i == len(front) - 1  # the costliest point sits at the right edge: label it leftwards
+        last = i == len(front) - 1 and len(front) > 1  # the costliest sits at the right edge: label leftwards
         ax.annotate(f"{d.label(c.student)}/{d.label(c.method)}/{d.label(c.data)}", (x, y), fontsize=7,
                     xytext=(-8 if last else 8, -12), textcoords="offset points", ha="right" if last else "left")
     if min(p[1] for p in pts) > 0 and max(p[1] for p in pts) > 30 * min(p[1] for p in pts):

@@ -8,6 +8,7 @@ from the upstream manifests.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,12 @@ def run(ctx: StageContext) -> StageResult:
         training.append({"cell": name, "gpus": cell_of[name].gpus,
                          **json.loads((path / "train_result.json").read_text())})
         losses.extend({"cell": name, **r} for r in pq.read_table(path / "loss.parquet").to_pylist())
-    for stage in ("generate", "compress", "judge", "train", "evaluate"):
-        for name, path in sorted(paths.get(stage, {}).items()):
-            jobs.append(_job(stage, name, path, cell_of.get(name)))
+    upstream = _upstream(ctx.inputs)  # the generate and build jobs are no input of the report, yet cost
+    for stage in ("build", "generate", "compress", "judge", "train", "evaluate"):
+        for nid, path in sorted(upstream.items()):
+            if nid.split("/", 1)[0] == stage and (path / "manifest.json").is_file():
+                name = nid.split("/", 1)[1]
+                jobs.append(_job(stage, name, path, cell_of.get(name)))
     yield_rows = [r for p in paths.get("verify", {}).values() for r in pq.read_table(p / "yield.parquet").to_pylist()]
     compression = [r for p in paths.get("compress", {}).values()
                    for r in pq.read_table(p / "compressed.parquet").to_pylist()]
@@ -58,6 +62,25 @@ def run(ctx: StageContext) -> StageResult:
                           run_info={"config": cfg.name})
     files = write_report(inputs, ctx.out)
     return StageResult({}, {"cells": len(cells), "files": [str(f.relative_to(ctx.out)) for f in files]})
+
+
+def _upstream(inputs: Mapping[str, Path]) -> dict[str, Path]:
+    """The report's inputs and every committed node upstream of them, followed through the
+    manifests' identities (node id -> upstream key), so every job of the study is accounted."""
+    seen = dict(inputs)
+    todo = list(inputs.items())
+    while todo:
+        _, path = todo.pop()
+        try:
+            ups = json.loads((path / "manifest.json").read_text()).get("identity", {}).get("upstream") or {}
+        except (OSError, ValueError):
+            continue
+        for nid, key in ups.items():
+            if nid not in seen:
+                stage, name = nid.split("/", 1)
+                seen[nid] = path.parent.parent / stage / f"{name}-{key}"  # store.path(stage, name, key)
+                todo.append((nid, seen[nid]))
+    return seen
 
 
 def _job(stage: str, name: str, path: Path, cell: Cell | None) -> dict[str, Any]:
