@@ -218,7 +218,8 @@ def test_loss_axis_is_log_scale_with_final_losses_printed() -> None:
     ax = fig.axes[0]
     assert ax.get_yscale() == "log" and "log scale" in ax.get_ylabel()
     final = f"{3.0 * 0.5 ** 29 + 0.01:.3g}"
-    assert final in [t.get_text() for t in ax.texts]
+    box = "\n".join(t.get_text() for t in ax.texts)
+    assert "final loss" in box and f"raw: {final}" in box and f"ans: {final}" in box
 
 
 def test_report_finds_upstream_jobs_that_are_not_its_inputs(tmp_path: Path) -> None:

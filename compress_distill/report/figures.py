@@ -3,7 +3,7 @@
 - fig2_rho.png: distribution of the compression ratio rho per (teacher, compressor), and the ECDF
   of trace lengths before/after compression in tokens (chars when no token counts; paper Fig. 2).
 - fig3_loss.png: training loss curves, one panel per (teacher, student, method), one line per source;
-  log-scale loss axis, each curve's final loss marked and printed.
+  log-scale loss axis, each curve's final loss marked and listed in the panel.
 - fig4_acc_vs_length.png: overall accuracy against median reasoning length; marker = data source,
   colour = student, hollow = LoRA (paper Fig. 4).
 - fig5_pareto.png: accuracy against inference cost (avg completion tokens) and training cost
@@ -23,6 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter
 
 from .cost import train_cost_axis
 from .model import CellInfo, ReportData, num
@@ -124,6 +125,7 @@ def loss_figure(d: ReportData) -> Figure | None:
     smoothed_any = False
     for ax, cfg in zip(axes, configs, strict=False):
         positive = True
+        finals: list[str] = []
         for c in d.in_config(cfg):
             pts = d.loss.get(c.cell)
             if not pts:
@@ -132,19 +134,21 @@ def loss_figure(d: ReportData) -> Figure | None:
             y, smoothed = _smooth(np.array([p[1] for p in pts]))
             smoothed_any |= smoothed
             ax.plot(x, y, color=colors[c.data], linewidth=1.6, label=d.label(c.data))
-            # The final loss, marked and printed: on a linear axis the late, small losses of all
-            # sources collapse onto one line at the bottom.
+            # The final loss, marked and listed: on a linear axis the late, small losses of all
+            # sources collapse onto one line at the bottom, and close values overlap as labels.
             ax.plot([x[-1]], [y[-1]], marker="o", markersize=4, color=colors[c.data])
-            ax.annotate(f"{y[-1]:.3g}", (x[-1], y[-1]), xytext=(4, 0), textcoords="offset points",
-                        fontsize=7, va="center", color=colors[c.data])
+            finals.append(f"{d.label(c.data)}: {y[-1]:.3g}")
             positive &= bool(np.all(y > 0))
         title = f"{d.label(cfg[1])} · {d.label(cfg[2])}"
         ax.set_title(title + (f" ({d.label(cfg[0])})" if len({k[0] for k in configs}) > 1 else ""), fontsize=10)
         ax.set_xlabel("step")
         if positive:  # cross-entropy is > 0; a log axis keeps the final losses apart
             ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(LogFormatter(labelOnlyBase=False))  # "3", "0.5": not "3×10^0"
         ax.set_ylabel("training loss" + (" (log scale)" if positive else ""))
-        ax.margins(x=0.12)  # room for the final-loss labels
+        ax.text(0.98, 0.97, "final loss\n" + "\n".join(finals), transform=ax.transAxes, ha="right", va="top",
+                fontsize=7, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "#bbb"})
         ax.grid(alpha=0.3, which="both")
     for ax in axes[len(configs):]:
         ax.set_visible(False)
