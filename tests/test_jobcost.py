@@ -233,3 +233,19 @@ def test_report_finds_upstream_jobs_that_are_not_its_inputs(tmp_path: Path) -> N
     (verify / "manifest.json").write_text(json.dumps({"identity": {"upstream": {"generate/teacher": "k0"}}}))
     (gen / "manifest.json").write_text(json.dumps({"identity": {"upstream": {}}}))
     assert _upstream({"verify/pool": verify}) == {"verify/pool": verify, "generate/teacher": gen}
+
+
+def test_sacct_table11_takes_the_gpus_a_job_ran_on_from_its_manifest(tmp_path: Path) -> None:
+    """The dev cluster's GRES are fake (`device: cpu`): the manifest says 0 GPUs, so CPU core-hours."""
+    job_dir = tmp_path / "train" / ".jobs" / "cell-k"
+    job_dir.mkdir(parents=True)
+    (job_dir / "job.json").write_text(json.dumps({"node": "train/cell", "job_id": "31"}))
+    (tmp_path / "train" / "cell-k").mkdir()
+    (tmp_path / "train" / "cell-k" / "manifest.json").write_text(json.dumps(manifest("slurm", gpus_used=0, cpus=2)))
+    assert acc.used_gpus(tmp_path) == {"train/cell": 0}
+    usages = acc.parse_usage("31|31|COMPLETED|1800|billing=2,cpu=2,gres/gpu=1,mem=2G,node=1|2026-11-23T16:15:28|t\n")
+    faked = acc.table11(usages, {"31": "train/cell"})[0]
+    assert faked.gpus == 1 and faked.gpu_hours == pytest.approx(0.5)  # AllocTRES alone believes the fake GRES
+    row = acc.table11(usages, {"31": "train/cell"}, acc.used_gpus(tmp_path))[0]
+    assert row.gpus == 0 and row.gpu_hours == 0.0 and row.cpu_core_hours == pytest.approx(1.0)
+    assert f"| train | 1 | {NO_GPU} |" in acc.format_table11([row])

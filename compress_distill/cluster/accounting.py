@@ -22,7 +22,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..backends.slurm_cli import Runner, check, run_command
@@ -152,6 +152,21 @@ def run_jobs(store_root: Path | str, backend: str = "slurm") -> dict[str, str]:
     return out
 
 
+def used_gpus(store_root: Path | str) -> dict[str, int]:
+    """Node id -> the GPUs its committed job ran on, as the runner recorded in its manifest
+    (`job.gpus_used`; 0 on a `device: cpu` profile). Nodes without that record are left out."""
+    out: dict[str, int] = {}
+    for job_dir in sorted(Path(store_root).glob("*/.jobs/*")):
+        try:
+            node = json.loads((job_dir / "job.json").read_text())["node"]
+            used = json.loads((job_dir.parent.parent / job_dir.name / "manifest.json").read_text())["job"]["gpus_used"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(used, int):
+            out[node] = used
+    return out
+
+
 @dataclass(frozen=True)
 class Table11Row:
     node: str      # e.g. train/mini-teacher.tiny.full.raw
@@ -163,12 +178,17 @@ class Table11Row:
     cpu_core_hours: float | None = None  # jobs without GPUs: allocated cores x hours
 
 
-def table11(usages: Iterable[JobUsage], node_of: Mapping[str, str]) -> list[Table11Row]:
-    """Per node: GPUs, hours and GPU-hours from sacct rows (jobs not in `node_of` are left out)."""
+def table11(usages: Iterable[JobUsage], node_of: Mapping[str, str],
+            gpus_used: Mapping[str, int] | None = None) -> list[Table11Row]:
+    """Per node: GPUs, hours and GPU-hours from sacct rows (jobs not in `node_of` are left out).
+    `gpus_used` (node -> GPUs, from the manifests: `used_gpus()`) overrides AllocTRES: the GRES of a
+    `device: cpu` profile (the dev cluster) are fake, and its jobs cost CPU core-hours."""
     by_node: dict[str, list[JobUsage]] = {}
     for u in usages:
         node = node_of.get(u.raw_id) or node_of.get(u.job_id)
         if node is not None:
+            if gpus_used is not None and node in gpus_used:
+                u = replace(u, gpus=gpus_used[node])
             by_node.setdefault(node, []).append(u)
     rows = []
     for node, us in by_node.items():
@@ -217,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     if not node_of:
         print(f"no Slurm jobs recorded under {a.store}", file=sys.stderr)
         return 1
-    sys.stdout.write(format_table11(table11(fetch_usage(node_of), node_of), gco2_per_kwh=a.gco2_per_kwh))
+    rows = table11(fetch_usage(node_of), node_of, used_gpus(a.store))
+    sys.stdout.write(format_table11(rows, gco2_per_kwh=a.gco2_per_kwh))
     return 0
 
 
