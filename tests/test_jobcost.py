@@ -249,3 +249,26 @@ def test_sacct_table11_takes_the_gpus_a_job_ran_on_from_its_manifest(tmp_path: P
     row = acc.table11(usages, {"31": "train/cell"}, acc.used_gpus(tmp_path))[0]
     assert row.gpus == 0 and row.gpu_hours == 0.0 and row.cpu_core_hours == pytest.approx(1.0)
     assert f"| train | 1 | {NO_GPU} |" in acc.format_table11([row])
+
+
+def test_cost_model_learns_the_job_run_time_not_its_queue_wait(tmp_path: Path) -> None:
+    """Earlier runs refine the scheduler's estimates: with the job's own 60 s, not the 3,660 s it also waited."""
+    from compress_distill.config import load_config
+    from compress_distill.costmodel import measured_hours
+    from compress_distill.plan import build_plan
+    from compress_distill.store import ArtifactStore
+
+    from .conftest import REPO
+
+    plan = build_plan(load_config(REPO / "configs" / "mini-ci.yaml"))
+    nid = next(n for n in plan.nodes if n.startswith("train/"))
+    node = plan.nodes[nid]
+    art = tmp_path / node.stage / f"{node.name}-k1"
+    art.mkdir(parents=True)
+    (art / "manifest.json").write_text(json.dumps({**manifest(), "name": node.name, "key": "k1"}))
+    jobs = tmp_path / node.stage / ".jobs" / f"{node.name}-k1"
+    jobs.mkdir(parents=True)
+    (jobs / "attempt-1.state.json").write_text(json.dumps({"job_id": "local-1-1", "elapsed_s": 60.0}))
+    assert measured_hours(plan, ArtifactStore(tmp_path))[nid] == pytest.approx(60 / 3600)
+    (jobs / "attempt-1.state.json").unlink()  # no job clock: the manifest's seconds, as before
+    assert measured_hours(plan, ArtifactStore(tmp_path))[nid] == pytest.approx(3660 / 3600)
