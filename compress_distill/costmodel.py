@@ -14,10 +14,12 @@ Assumptions where the paper reports no time (stated in README, "Cost model"):
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
+from .jobcost import node_job_cost
 from .plan import Node, Plan
 from .store import ArtifactStore
 
@@ -88,14 +90,24 @@ class CostModel:
 
 
 def measured_hours(plan: Plan, store: ArtifactStore) -> dict[str, float]:
-    """Wall-clock hours of the newest committed run of each job node (any key), from manifests."""
+    """Run hours of the newest committed run of each job node (any key): the job's own clock
+    (jobcost.node_job_cost: its state file), else the manifest's `seconds`, which also count
+    the job's wait for a worker or slot (a job queued behind others would look that much longer)."""
     out = {}
     for nid, node in plan.nodes.items():
         if node.job.kind == "cpu":
             continue
         previous = store.previous_manifests(node.stage, node.name)
         if previous and not previous[0].get("placeholder") and previous[0].get("seconds") is not None:
-            out[nid] = float(previous[0]["seconds"]) / 3600
+            m = previous[0]
+            states = []
+            for f in sorted((store.root / node.stage / ".jobs" / f"{node.name}-{m.get('key')}").glob("*.state.json")):
+                try:
+                    states.append(json.loads(f.read_text()))
+                except (OSError, ValueError):
+                    continue
+            own = node_job_cost(m, states).seconds
+            out[nid] = (own if own is not None else float(m["seconds"])) / 3600
     return out
 
 

@@ -26,6 +26,7 @@ from .backends.base import NOW, After, JobBackend, JobError, JobState, JobStatus
 from .backends.watch import JobWatcher
 from .jobs.node import INPUT_WAIT_ENV, INPUT_WAIT_S, RESULT_FILE, node_job, request_name
 from .jobs.node import job_dir as node_job_dir
+from .jobs.resources import resolve_resources
 from .plan import Plan
 from .stages import StageContext, StageResult, stage_function
 from .store import LEASE_TTL_S, ArtifactStore, atomic_write_text, git_revision
@@ -151,11 +152,15 @@ def run_node(ctx: RunContext, node_id: str, after: After = NOW) -> NodeOutcome:
         finished = time.time()
         result = json.loads((tmp / RESULT_FILE).read_text())
         (tmp / RESULT_FILE).unlink()
+        # What the job ran on (jobcost.py): `gpus` is the plan's count, `gpus_used` the GPUs the job
+        # had (0 on a `device: cpu` profile, whose planned GPUs are fake or absent), `cpus` its cores.
+        res = resolve_resources(plan.config.cluster, node.job.kind, node.job.gpus)
         manifest: dict[str, Any] = {
             "node": node_id, "stage": node.stage, "name": node.name, "key": key,
             "identity": plan.identity(node_id),
             "job": {"kind": node.job.kind, "gpus": node.job.gpus, "job_id": job_id,
-                    "backend": ctx.backend.name if ctx.backend and job_id else "inprocess"},
+                    "backend": ctx.backend.name if ctx.backend and job_id else "inprocess",
+                    "gpus_used": res.require_gpus, "cpus": res.cpus_per_task if job_id else None},
             "rows": result["rows"], "metrics": result["metrics"], "placeholder": result["placeholder"],
             "started_at": started, "finished_at": finished, "seconds": round(finished - started, 3),
             "git_revision": git_revision(), "host": socket.gethostname(),

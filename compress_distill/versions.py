@@ -9,10 +9,10 @@ CODE_VERSIONS: dict[str, str] = {
     "prepare": "1",
     "generate": "1",
     "verify": "1",
-    "compress": "1",
+    "compress": "2",
     "judge": "2",
     "derive": "1",
     "train": "1",
-    "evaluate": "1",
-    "report": "1",
+    "evaluate": "2",
+    "report": "2",
 }

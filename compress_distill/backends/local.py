@@ -240,7 +240,10 @@ class LocalBackend:
                 _log_line(f, f"cannot start {req.command[0]!r}: {e}")
                 self._finish(job, t, JobState.FAILED, 127, f"cannot start: {e}")
                 return
+        first = not any(x.started is not None for x in job.tasks)
         t.state, t.started = JobState.RUNNING, time.monotonic()
+        if first:  # the job's own start, not its submit: its cost counts from here (jobcost.py)
+            write_state(req.log_path, {"started_at": time.time()})
 
     def _signal(self, t: _Task, sig: signal.Signals, why: JobState, now: float) -> None:
         if t.proc is None:

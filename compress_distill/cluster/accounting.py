@@ -1,6 +1,8 @@
 """Measured GPU-hours, energy and CO2 of Slurm jobs (paper H.5), from `sacct`.
 
-Per job: elapsed seconds x allocated GPUs (AllocTRES `gres/gpu`). Every attempt counts:
+Per job: run seconds (ElapsedRaw: start to end, never the queue wait) x allocated GPUs
+(AllocTRES `gres/gpu`); a job without GPUs costs CPU core-hours (AllocTRES `cpu`) and has no
+energy or CO2 (the one cost rule: jobcost.py). Every attempt counts:
 a requeued or preempted run held its GPUs too (`sacct --duplicates`). Energy assumes
 each allocated GPU draws its TDP (700 W, H100 SXM) for the whole allocation, times the
 data centre's PUE (1.15); CO2 = energy x grid intensity (default 79 gCO2/kWh; configurable).
@@ -20,15 +22,13 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..backends.slurm_cli import Runner, check, run_command
 from ..backends.slurm_parse import parsable_rows
+from ..jobcost import GCO2_PER_KWH, NO_GPU, PUE, TDP_W, EnergyModel, JobCost, sacct_cost
 
-TDP_W = 700.0
-PUE = 1.15
-GCO2_PER_KWH = 79.0
 USAGE_FIELDS = ("JobID", "JobIDRaw", "State", "ElapsedRaw", "AllocTRES", "Submit", "JobName")
 
 
@@ -41,10 +41,16 @@ class JobUsage:
     elapsed_s: float
     gpus: int
     submit: str
+    cpus: int | None = None  # AllocTRES cpu=
+
+    @property
+    def cost(self) -> JobCost:
+        """This attempt through the one cost rule (jobcost.py): ElapsedRaw is run time, not queue time."""
+        return sacct_cost(self.elapsed_s, self.gpus, self.cpus)
 
     @property
     def gpu_hours(self) -> float:
-        return self.elapsed_s * self.gpus / 3600.0
+        return self.cost.gpu_hours or 0.0
 
 
 @dataclass(frozen=True)
@@ -70,21 +76,30 @@ def gpus_from_tres(tres: str) -> int:
     return plain if plain is not None else typed
 
 
+def cpus_from_tres(tres: str) -> int | None:
+    """'cpu=2,gres/gpu=4,mem=2G' -> 2; None when not recorded."""
+    for item in tres.split(","):
+        key, _, value = item.partition("=")
+        if key == "cpu" and value.isdigit():
+            return int(value)
+    return None
+
+
 def parse_usage(text: str) -> list[JobUsage]:
     """`sacct -X -D --parsable2 --noheader --format=<USAGE_FIELDS>` -> one JobUsage per attempt."""
     out = []
     for parts in parsable_rows(text, len(USAGE_FIELDS)):
         job_id, raw, state, elapsed, tres, submit, name = parts
         out.append(JobUsage(job_id, raw, name, state, float(elapsed) if elapsed.isdigit() else 0.0,
-                            gpus_from_tres(tres), submit))
+                            gpus_from_tres(tres), submit, cpus_from_tres(tres)))
     return out
 
 
 def footprint(gpu_hours: float, *, tdp_w: float = TDP_W, pue: float = PUE,
               gco2_per_kwh: float = GCO2_PER_KWH) -> tuple[float, float]:
     """GPU-hours -> (energy kWh, CO2 kg)."""
-    energy_kwh = gpu_hours * tdp_w / 1000.0 * pue
-    return energy_kwh, energy_kwh * gco2_per_kwh / 1000.0
+    model = EnergyModel(tdp_w, pue, gco2_per_kwh)
+    return model.kwh(gpu_hours), model.co2_kg(gpu_hours)
 
 
 def summarize(usages: Iterable[JobUsage], key: Callable[[JobUsage], str] = lambda u: "total", *,
@@ -137,36 +152,65 @@ def run_jobs(store_root: Path | str, backend: str = "slurm") -> dict[str, str]:
     return out
 
 
+def used_gpus(store_root: Path | str) -> dict[str, int]:
+    """Node id -> the GPUs its committed job ran on, as the runner recorded in its manifest
+    (`job.gpus_used`; 0 on a `device: cpu` profile). Nodes without that record are left out."""
+    out: dict[str, int] = {}
+    for job_dir in sorted(Path(store_root).glob("*/.jobs/*")):
+        try:
+            node = json.loads((job_dir / "job.json").read_text())["node"]
+            used = json.loads((job_dir.parent.parent / job_dir.name / "manifest.json").read_text())["job"]["gpus_used"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(used, int):
+            out[node] = used
+    return out
+
+
 @dataclass(frozen=True)
 class Table11Row:
     node: str      # e.g. train/mini-teacher.tiny.full.raw
     stage: str
     jobs: int      # attempts (a requeued/retried job counts each time)
     gpus: int      # allocated GPUs of the last attempt
-    hours: float   # wall-clock hours, all attempts
+    hours: float   # run hours (sacct ElapsedRaw, never queue time), all attempts
     gpu_hours: float
+    cpu_core_hours: float | None = None  # jobs without GPUs: allocated cores x hours
 
 
-def table11(usages: Iterable[JobUsage], node_of: Mapping[str, str]) -> list[Table11Row]:
-    """Per node: GPUs, hours and GPU-hours from sacct rows (jobs not in `node_of` are left out)."""
+def table11(usages: Iterable[JobUsage], node_of: Mapping[str, str],
+            gpus_used: Mapping[str, int] | None = None) -> list[Table11Row]:
+    """Per node: GPUs, hours and GPU-hours from sacct rows (jobs not in `node_of` are left out).
+    `gpus_used` (node -> GPUs, from the manifests: `used_gpus()`) overrides AllocTRES: the GRES of a
+    `device: cpu` profile (the dev cluster) are fake, and its jobs cost CPU core-hours."""
     by_node: dict[str, list[JobUsage]] = {}
     for u in usages:
         node = node_of.get(u.raw_id) or node_of.get(u.job_id)
         if node is not None:
+            if gpus_used is not None and node in gpus_used:
+                u = replace(u, gpus=gpus_used[node])
             by_node.setdefault(node, []).append(u)
     rows = []
     for node, us in by_node.items():
         us.sort(key=lambda u: u.submit)
+        costs = [u.cost for u in us]
+        core_h = [c.cpu_core_hours for c in costs if c.cpu_core_hours is not None]
         rows.append(Table11Row(node, node.split("/", 1)[0], len(us), us[-1].gpus,
-                               sum(u.elapsed_s for u in us) / 3600.0, sum(u.gpu_hours for u in us)))
+                               sum(u.elapsed_s for u in us) / 3600.0, sum(u.gpu_hours for u in us),
+                               sum(core_h) if core_h else None))
     order = {"build": 0, "generate": 1, "compress": 2, "judge": 3, "train": 4, "evaluate": 5}
     return sorted(rows, key=lambda r: (order.get(r.stage, 9), r.node))
 
 
 def format_table11(rows: list[Table11Row], *, gco2_per_kwh: float = GCO2_PER_KWH) -> str:
-    """Markdown: one line per job node, then totals per stage with energy and CO2 (paper H.5)."""
-    lines = ["| node | GPUs | jobs | hours | GPU-hours |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {r.node} | {r.gpus} | {r.jobs} | {r.hours:.4f} | {r.gpu_hours:.4f} |" for r in rows]
+    """Markdown: one line per job node, then totals per stage with energy and CO2 (paper H.5).
+    A job without GPUs shows CPU core-hours, and "n/a: no GPU" for GPU-hours, energy and CO2."""
+    def core(r: Table11Row) -> str:
+        return f"{r.cpu_core_hours:.4f}" if r.gpus == 0 and r.cpu_core_hours is not None else "—"
+
+    lines = ["| node | GPUs | jobs | hours | GPU-hours | CPU core-hours |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r.node} | {r.gpus} | {r.jobs} | {r.hours:.4f} | "
+              f"{f'{r.gpu_hours:.4f}' if r.gpus else NO_GPU} | {core(r)} |" for r in rows]
     lines += ["", f"| stage | jobs | GPU-hours | energy (kWh) | CO2 (kg at {gco2_per_kwh:g} g/kWh) |",
               "|---|---:|---:|---:|---:|"]
     stages: dict[str, list[Table11Row]] = {}
@@ -174,6 +218,9 @@ def format_table11(rows: list[Table11Row], *, gco2_per_kwh: float = GCO2_PER_KWH
         stages.setdefault(r.stage, []).append(r)
     for name, rs in [*stages.items(), ("total", rows)]:
         gh = sum(r.gpu_hours for r in rs)
+        if not any(r.gpus for r in rs):
+            lines.append(f"| {name} | {sum(r.jobs for r in rs)} | {NO_GPU} | {NO_GPU} | {NO_GPU} |")
+            continue
         energy, co2 = footprint(gh, gco2_per_kwh=gco2_per_kwh)
         lines.append(f"| {name} | {sum(r.jobs for r in rs)} | {gh:.4f} | {energy:.4f} | {co2:.5f} |")
     return "\n".join(lines) + "\n"
@@ -190,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     if not node_of:
         print(f"no Slurm jobs recorded under {a.store}", file=sys.stderr)
         return 1
-    sys.stdout.write(format_table11(table11(fetch_usage(node_of), node_of), gco2_per_kwh=a.gco2_per_kwh))
+    rows = table11(fetch_usage(node_of), node_of, used_gpus(a.store))
+    sys.stdout.write(format_table11(rows, gco2_per_kwh=a.gco2_per_kwh))
     return 0
 
 

@@ -1,12 +1,14 @@
 """PNG figures of the report (matplotlib, Agg canvas; no pyplot global state).
 
 - fig2_rho.png: distribution of the compression ratio rho per (teacher, compressor), and the ECDF
-  of trace lengths before/after compression (paper Fig. 2).
-- fig3_loss.png: training loss curves, one panel per (teacher, student, method), one line per source.
+  of trace lengths before/after compression in tokens (chars when no token counts; paper Fig. 2).
+- fig3_loss.png: training loss curves, one panel per (teacher, student, method), one line per source;
+  log-scale loss axis, each curve's final loss marked and listed in the panel.
 - fig4_acc_vs_length.png: overall accuracy against median reasoning length; marker = data source,
   colour = student, hollow = LoRA (paper Fig. 4).
 - fig5_pareto.png: accuracy against inference cost (avg completion tokens) and training cost
-  (GPU-hours, or wall-clock hours when no GPU was used), with the Pareto front highlighted.
+  (the train job's measured cost: GPU-hours for GPU jobs, CPU core-hours for CPU-only jobs;
+  report/cost.py), with the Pareto front highlighted.
 
 Each figure function returns False (and writes nothing) when its data is missing.
 """
@@ -21,9 +23,10 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter
 
+from .cost import train_cost_axis
 from .model import CellInfo, ReportData, num
-from .tables import job_gpu_hours
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 DPI = 130
@@ -50,12 +53,21 @@ def _save(fig: Figure, path: Path) -> bool:
 
 def fig_rho(d: ReportData, path: Path) -> bool:
     by: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    lengths: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (raw, compressed) tokens when recorded
     for r in d.compression_rows:
         raw_c, comp_c = num(r.get("raw_chars")), num(r.get("compressed_chars"))
         if raw_c and raw_c > 0 and comp_c is not None and r.get("usable") is not False:
             by.setdefault((str(r["teacher"]), str(r["compressor"])), []).append((raw_c, comp_c))
+            raw_t, comp_t = num(r.get("raw_tokens")), num(r.get("compressed_tokens"))
+            lengths.setdefault((str(r["teacher"]), str(r["compressor"])), []).append(
+                (raw_t if raw_t is not None else -1.0, comp_t if comp_t is not None else -1.0))
     if not by:
         return False
+    # The paper plots trace lengths in tokens; characters only when the artifact has no token counts.
+    in_tokens = all(a >= 0 and b >= 0 for pts in lengths.values() for a, b in pts)
+    unit = "tokens" if in_tokens else "chars"
+    if not in_tokens:
+        lengths = by
     fig = _new(12, 4.6)
     ax1, ax2 = fig.subplots(1, 2)
     colors = _colors(len(by))
@@ -69,18 +81,20 @@ def fig_rho(d: ReportData, path: Path) -> bool:
         ax1.hist(rho, bins=bins, histtype="step", linewidth=2, color=col, density=True,
                  label=f"{who}: mean ρ={rho.mean():.3f}")
         ax1.axvline(rho.mean(), color=col, linestyle=":", linewidth=1.2)
-        xs = np.sort(pts[:, 1])
+        lp = np.array(lengths[(teacher, comp)])
+        xs = np.sort(lp[:, 1])
         ax2.plot(xs, np.arange(1, len(xs) + 1) / len(xs), color=col, linewidth=2, label=f"{who} compressed")
         if teacher not in raw_seen:  # raw lengths once per teacher (they are the same input for each compressor)
             raw_seen.add(teacher)
-            xr = np.sort(pts[:, 0])
+            xr = np.sort(lp[:, 0])
             ax2.plot(xr, np.arange(1, len(xr) + 1) / len(xr), color="black", linewidth=2,
                      linestyle="--" if len(raw_seen) == 1 else "-.", label=f"raw ({d.label(teacher)})")
     ax1.set(title="Per-trace compression ratio ρ = compressed / raw chars", xlabel="ρ", ylabel="density")
     ax1.legend(fontsize=8)
-    ax2.set(title="Trace length before and after compression (ECDF)", xlabel="reasoning length (chars)",
+    ax2.set(title="Trace length before and after compression (ECDF)", xlabel=f"reasoning length ({unit})",
             ylabel="fraction of traces ≤ x", ylim=(0, 1.02))
-    if max(p[0] for pts in by.values() for p in pts) > 20 * max(1.0, min(p[1] for pts in by.values() for p in pts)):
+    if max(p[0] for pts in lengths.values() for p in pts) > 20 * max(1.0, min(p[1] for pts in lengths.values()
+                                                                              for p in pts)):
         ax2.set_xscale("log")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8, loc="lower right")
@@ -98,10 +112,11 @@ def _smooth(y: np.ndarray) -> tuple[np.ndarray, bool]:
     return np.concatenate([head, np.convolve(y, kernel, mode="valid")]), True
 
 
-def fig_loss(d: ReportData, path: Path) -> bool:
+def loss_figure(d: ReportData) -> Figure | None:
+    """Fig. 3 as a Figure (None without loss curves); `fig_loss` writes it."""
     configs = [cfg for cfg in d.configs if any(c.cell in d.loss for c in d.in_config(cfg))]
     if not configs:
-        return False
+        return None
     ncols = min(3, len(configs))
     nrows = (len(configs) + ncols - 1) // ncols
     fig = _new(4.6 * ncols, 3.4 * nrows + 0.6)
@@ -109,6 +124,8 @@ def fig_loss(d: ReportData, path: Path) -> bool:
     colors = dict(zip(d.data_order, _colors(len(d.data_order)), strict=True))
     smoothed_any = False
     for ax, cfg in zip(axes, configs, strict=False):
+        positive = True
+        finals: list[str] = []
         for c in d.in_config(cfg):
             pts = d.loss.get(c.cell)
             if not pts:
@@ -117,18 +134,34 @@ def fig_loss(d: ReportData, path: Path) -> bool:
             y, smoothed = _smooth(np.array([p[1] for p in pts]))
             smoothed_any |= smoothed
             ax.plot(x, y, color=colors[c.data], linewidth=1.6, label=d.label(c.data))
+            # The final loss, marked and listed: on a linear axis the late, small losses of all
+            # sources collapse onto one line at the bottom, and close values overlap as labels.
+            ax.plot([x[-1]], [y[-1]], marker="o", markersize=4, color=colors[c.data])
+            finals.append(f"{d.label(c.data)}: {y[-1]:.3g}")
+            positive &= bool(np.all(y > 0))
         title = f"{d.label(cfg[1])} · {d.label(cfg[2])}"
         ax.set_title(title + (f" ({d.label(cfg[0])})" if len({k[0] for k in configs}) > 1 else ""), fontsize=10)
         ax.set_xlabel("step")
-        ax.set_ylabel("training loss")
-        ax.grid(alpha=0.3)
+        if positive:  # cross-entropy is > 0; a log axis keeps the final losses apart
+            ax.set_yscale("log")
+            for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis(LogFormatter(labelOnlyBase=False))  # "3", "0.5": not "3×10^0"
+        ax.set_ylabel("training loss" + (" (log scale)" if positive else ""))
+        ax.text(0.98, 0.97, "final loss\n" + "\n".join(finals), transform=ax.transAxes, ha="right", va="top",
+                fontsize=7, bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.85, "edgecolor": "#bbb"})
+        ax.grid(alpha=0.3, which="both")
     for ax in axes[len(configs):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=colors[x], linewidth=2, label=d.label(x)) for x in d.data_order]
     fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=9)
     fig.suptitle("Fig. 3 — Training loss per cell" + (" (moving average)" if smoothed_any else ""),
                  fontweight="bold")
-    return _save(fig, path)
+    return fig
+
+
+def fig_loss(d: ReportData, path: Path) -> bool:
+    fig = loss_figure(d)
+    return fig is not None and _save(fig, path)
 
 
 def _style(d: ReportData) -> tuple[dict[str, str], dict[str, tuple[float, float, float, float]]]:
@@ -195,22 +228,6 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def train_cost(d: ReportData) -> tuple[dict[str, float], str]:
-    """Per-cell training cost: measured GPU-hours, or wall-clock hours when no GPU-hours exist (CPU runs)."""
-    gpu_h: dict[str, float] = {}
-    for r in d.jobs:
-        if r.get("stage") == "train" and r.get("cell"):
-            gpu_h[str(r["cell"])] = gpu_h.get(str(r["cell"]), 0.0) + job_gpu_hours(r)
-    for cell, tr in d.training.items():
-        if cell not in gpu_h and num(tr.get("gpus")) and num(tr.get("train_seconds")) is not None:
-            gpu_h[cell] = (num(tr.get("train_seconds")) or 0.0) / 3600 * (num(tr.get("gpus")) or 0.0)
-    if any(v > 0 for v in gpu_h.values()):
-        return gpu_h, "training GPU-hours"
-    hours = {c: (num(tr.get("train_seconds")) or 0.0) / 3600 for c, tr in d.training.items()
-             if num(tr.get("train_seconds")) is not None}
-    return hours, "training wall-clock hours (no GPU used)"
-
-
 def _pareto_panel(ax: Axes, d: ReportData, cost: Callable[[CellInfo], float | None], xlabel: str) -> bool:
     pts = []
     for c in d.cells:
@@ -229,7 +246,7 @@ def _pareto_panel(ax: Axes, d: ReportData, cost: Callable[[CellInfo], float | No
     ax.scatter([p[1] for p in front], [p[2] for p in front], s=260, facecolors="none", edgecolors="black",
                linewidths=1.2, zorder=3)
     for i, (c, x, y) in enumerate(front):
-        last = i == len(front) - 1  # the costliest point sits at the right edge: label it leftwards
+        last = i == len(front) - 1 and len(front) > 1  # the costliest sits at the right edge: label leftwards
         ax.annotate(f"{d.label(c.student)}/{d.label(c.method)}/{d.label(c.data)}", (x, y), fontsize=7,
                     xytext=(-8 if last else 8, -12), textcoords="offset points", ha="right" if last else "left")
     if min(p[1] for p in pts) > 0 and max(p[1] for p in pts) > 30 * min(p[1] for p in pts):
@@ -240,22 +257,28 @@ def _pareto_panel(ax: Axes, d: ReportData, cost: Callable[[CellInfo], float | No
     return True
 
 
-def fig_pareto(d: ReportData, path: Path) -> bool:
+def pareto_figure(d: ReportData) -> Figure | None:
+    """The accuracy-cost figure (None without accuracies); `fig_pareto` writes it."""
     if not any(m.accuracy is not None for m in d.metrics.values()):
-        return False
+        return None
     fig = _new(13, 5.4)
     ax1, ax2 = fig.subplots(1, 2)
     ok1 = _pareto_panel(ax1, d, lambda c: d.metrics[c.cell].avg_completion_tokens if c.cell in d.metrics else None,
                         "avg. completion tokens per answer (inference cost)")
     ax1.set_title("Accuracy vs. inference cost")
-    costs, label = train_cost(d)
-    ok2 = _pareto_panel(ax2, d, lambda c: costs.get(c.cell), label)
+    axis = train_cost_axis(d)  # the measured cost of each cell's train job, in one unit (report/cost.py)
+    ok2 = _pareto_panel(ax2, d, lambda c: axis.values.get(c.cell), axis.label)
     ax2.set_title("Accuracy vs. training cost")
     if not (ok1 or ok2):
-        return False
+        return None
     fig.suptitle("Accuracy–cost trade-off (circled: Pareto front, higher accuracy at lower cost)",
                  fontweight="bold")
-    return _save(fig, path)
+    return fig
+
+
+def fig_pareto(d: ReportData, path: Path) -> bool:
+    fig = pareto_figure(d)
+    return fig is not None and _save(fig, path)
 
 
 FIGURES: list[tuple[str, str, Callable[[ReportData, Path], bool]]] = [

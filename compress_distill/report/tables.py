@@ -11,6 +11,8 @@ from collections.abc import Callable
 from statistics import fmean
 from typing import Any
 
+from ..jobcost import CPU, GPU, NO_GPU, JobCost
+from .cost import costs_by_stage, energy_model, ran_on, summed, train_costs
 from .metrics import OVERALL
 from .model import (
     NA,
@@ -138,6 +140,11 @@ def table5(d: ReportData) -> TableBlock:
         t.rows.append([d.label(s.teacher), d.label(s.compressor), s.domain or NA, s.dataset, f_int(s.n),
                        f_auto(s.mean_raw_chars), f_auto(s.mean_compressed_chars),
                        f_auto(s.mean_compressed_tokens), f_num(s.mean_rho)])
+    t.notes.append("Lengths of the reasoning part; Comp. tok: tokens of the compressed reasoning by the "
+                   "compressor's tokenizer (as the paper, a token column beside the character columns).")
+    if any(s.mean_compressed_tokens is None for s in d.compression):
+        t.notes.append(f"{NA} in Comp. tok: the compression artifact holds no token counts (written before the "
+                       "compress stage kept them); rerun the compress step to fill it.")
     return t
 
 
@@ -317,57 +324,77 @@ def _judge_row(d: ReportData, comp: str, rs: list[dict[str, Any]], dataset: str)
             f_int(len(rs) - len(ok))]
 
 
-def job_gpu_hours(r: dict[str, Any]) -> float:
-    return (num(r.get("elapsed_s")) or 0.0) / 3600 * (num(r.get("gpus")) or 0.0)
+def _cost_cell(costs: list[JobCost], gpu: bool) -> str:
+    """A GPU-h (gpu=True) or CPU core-h cell: the number in the jobs' own unit, "n/a: no GPU" for
+    CPU jobs in the GPU column, "—" where the other unit applies or nothing was measured."""
+    kind = costs[-1].resource
+    if gpu and kind == CPU:
+        return NO_GPU
+    if (kind == GPU) != gpu:
+        return NA
+    return f_auto(summed([c.gpu_hours if gpu else c.cpu_core_hours for c in costs]))
 
 
-def compute_totals(d: ReportData) -> dict[str, float]:
-    """GPU-hours split train / other stages, energy (kWh) and CO2 (kg) per paper H.5."""
-    train = sum(job_gpu_hours(r) for r in d.jobs if r.get("stage") == "train")
-    other = sum(job_gpu_hours(r) for r in d.jobs if r.get("stage") != "train")
-    kwh = (train + other) * d.inputs.tdp_watts / 1000 * d.inputs.pue
-    cpu_h = sum((num(r.get("elapsed_s")) or 0) / 3600 * (num(r.get("cpus")) or 0) for r in d.jobs)
-    return {"train_gpu_h": train, "other_gpu_h": other, "total_gpu_h": train + other, "kwh": kwh,
-            "co2_kg": kwh * d.inputs.grid_g_co2_per_kwh / 1000, "cpu_core_h": cpu_h}
+def _unmeasured_note(costs: list[JobCost]) -> list[str]:
+    why = sorted({c.unmeasured for c in costs if c.unmeasured})
+    return [f"{NA}: not measured: {w}." for w in why]
+
+
+def _totals_notes(d: ReportData) -> list[str]:
+    """Totals per resource, train vs other stages; energy and CO2 over GPU jobs only (paper H.5)."""
+    by_stage = costs_by_stage(d)
+    train = by_stage.get("train", [])
+    other = [c for s, cs in by_stage.items() if s != "train" for c in cs]
+    everything = train + other
+    gpu_h = summed([c.gpu_hours for c in everything])
+    core_h = summed([c.cpu_core_hours for c in everything])
+    notes = []
+    if gpu_h is not None:
+        notes.append(f"GPU-h: training {f_auto(summed([c.gpu_hours for c in train]))}, other stages "
+                     f"{f_auto(summed([c.gpu_hours for c in other]))}, total {f_auto(gpu_h)}.")
+        em = energy_model(d)
+        notes.append(f"Energy at {em.tdp_w:g} W x PUE {em.pue:g} (GPU jobs only): {f_auto(em.kwh(gpu_h))} kWh; "
+                     f"CO2 at {em.gco2_per_kwh:g} g/kWh: {f_auto(em.co2_kg(gpu_h))} kg CO2eq.")
+    if core_h is not None:
+        notes.append(f"CPU core-h (jobs without GPUs): training {f_auto(summed([c.cpu_core_hours for c in train]))}, "
+                     f"other stages {f_auto(summed([c.cpu_core_hours for c in other]))}, total {f_auto(core_h)}.")
+    if any(c.resource == CPU for c in everything):
+        notes.append(f"{NO_GPU}: the job ran on CPUs only; its cost is CPU core-hours (allocated cores x run "
+                     "time). GPU-hours, energy and CO2 (the paper's per-GPU rule) are reported for GPU jobs only"
+                     + ("; this run had none." if gpu_h is None else "."))
+    return notes
 
 
 def table11(d: ReportData) -> TableBlock:
     title = "Table 11. Compute per student run (measured)"
     if not d.jobs and not d.training:
         return unavailable("table11", title, "no job accounting and no training results")
-    t = TableBlock("table11", title, ["Teacher", "Student", "Method", "Data", "GPUs", "Time (h)", "GPU-h",
-                                      "Trainable tokens", "Source"])
-    jobs_by_cell: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in d.jobs:
-        if r.get("stage") == "train" and r.get("cell"):
-            jobs_by_cell[str(r["cell"])].append(r)
+    t = TableBlock("table11", title, ["Teacher", "Student", "Method", "Data", "Ran on", "Time (h)", "GPU-h",
+                                      "CPU core-h", "Trainable tokens", "Clock"])
+    by_cell = train_costs(d)
+    seen: list[JobCost] = []
     for c in d.cells:
         tr = d.training.get(c.cell, {})
-        js = jobs_by_cell.get(c.cell)
-        if js:  # retried/requeued attempts all consumed the allocation, so they add up
-            secs = sum(num(j.get("elapsed_s")) or 0.0 for j in js)
-            gpus = num(js[-1].get("gpus"))
-            gpu_h = sum(job_gpu_hours(j) for j in js)
-            source = ", ".join(sorted({str(j.get("source") or "job") for j in js}))
-        else:
-            secs = num(tr.get("train_seconds")) or 0.0
-            gpus = num(tr.get("gpus")) if tr.get("gpus") is not None else num(c.gpus)
-            gpu_h = secs / 3600 * (gpus or 0)
-            source = "training log" if tr else NA
-        has_time = bool(js) or num(tr.get("train_seconds")) is not None
-        t.rows.append([d.label(c.teacher), d.label(c.student), d.label(c.method), d.label(c.data), f_int(gpus),
-                       f_auto(secs / 3600) if has_time else NA, f_auto(gpu_h) if has_time else NA,
-                       f_tokens(tr.get("trainable_tokens")), source])
-    tot = compute_totals(d)
-    t.notes.append(f"Training GPU-h (jobs): {f_auto(tot['train_gpu_h'])}; other stages: "
-                   f"{f_auto(tot['other_gpu_h'])}; total: {f_auto(tot['total_gpu_h'])} GPU-h.")
-    t.notes.append(f"Energy at {d.inputs.tdp_watts:g} W x PUE {d.inputs.pue:g}: {f_auto(tot['kwh'])} kWh; "
-                   f"CO2 at {d.inputs.grid_g_co2_per_kwh:g} g/kWh: {f_auto(tot['co2_kg'])} kg CO2eq.")
-    if tot["cpu_core_h"]:
-        t.notes.append(f"CPU core-hours (jobs with cpus recorded): {f_auto(tot['cpu_core_h'])}; "
-                       "not counted in the GPU energy model.")
-    if not d.jobs:
-        t.notes.append("No job accounting was given: times come from the training logs.")
+        costs = by_cell.get(c.cell)
+        head = [d.label(c.teacher), d.label(c.student), d.label(c.method), d.label(c.data)]
+        tokens = f_tokens(tr.get("trainable_tokens"))
+        if costs:  # retried/requeued attempts all held their resources, so they add up
+            seen += costs
+            t.rows.append(head + [ran_on(costs), f_auto(summed([x.hours for x in costs])), _cost_cell(costs, True),
+                                  _cost_cell(costs, False), tokens,
+                                  ", ".join(dict.fromkeys(x.clock for x in costs))])
+        else:  # no job accounting: the optimizer loop's time; what it ran on is unknown
+            secs = num(tr.get("train_seconds"))
+            t.rows.append(head + [NA, f_auto(None if secs is None else secs / 3600), NA, NA, tokens,
+                                  "optimizer loop (training log)" if tr else NA])
+    t.notes.append("Time: the train job's own run, from its start to its end (Slurm: sacct ElapsedRaw; local "
+                   "backend: the job process's start to its exit), never its wait in a queue. It includes model "
+                   "loading and saving, so it is longer than Table 6's optimizer-loop time.")
+    if any(not by_cell.get(c.cell) for c in d.cells if c.cell in d.training):
+        t.notes.append(f"Rows without a job record: time from the training log (optimizer loop); GPU-h and CPU "
+                       f"core-h are {NA} because what the run used was not recorded.")
+    t.notes += _unmeasured_note(seen)
+    t.notes += _totals_notes(d)
     return t
 
 
@@ -375,15 +402,22 @@ def table11b(d: ReportData) -> TableBlock:
     title = "Table 11b. Compute per stage (measured jobs)"
     if not d.jobs:
         return unavailable("table11b", title, "no job accounting")
-    t = TableBlock("table11b", title, ["Stage", "Jobs", "Wall-clock (h)", "GPU-h", "Energy (kWh)"])
-    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in d.jobs:
-        by[str(r.get("stage") or NA)].append(r)
-    per_kwh = d.inputs.tdp_watts / 1000 * d.inputs.pue
-    for stage, rs in by.items():
-        gh = sum(job_gpu_hours(r) for r in rs)
-        t.rows.append([stage, f_int(len(rs)), f_auto(sum(num(r.get("elapsed_s")) or 0 for r in rs) / 3600),
-                       f_auto(gh), f_auto(gh * per_kwh)])
+    t = TableBlock("table11b", title, ["Stage", "Jobs", "Ran on", "Time (h)", "GPU-h", "CPU core-h",
+                                       "Energy (kWh)", "CO2 (kg)"])
+    em = energy_model(d)
+    everything: list[JobCost] = []
+    for stage, cs in costs_by_stage(d).items():
+        everything += cs
+        gpu_h = summed([c.gpu_hours for c in cs])
+        kinds = sorted({ran_on([c]) for c in cs})
+        no_gpu = all(c.resource == CPU for c in cs)
+        t.rows.append([stage, f_int(len(cs)), ", ".join(kinds), f_auto(summed([c.hours for c in cs])),
+                       NO_GPU if no_gpu else f_auto(gpu_h), f_auto(summed([c.cpu_core_hours for c in cs])),
+                       NO_GPU if no_gpu else f_auto(None if gpu_h is None else em.kwh(gpu_h)),
+                       NO_GPU if no_gpu else f_auto(None if gpu_h is None else em.co2_kg(gpu_h))])
+    t.notes.append("Time: each job's own run time (start to end), summed over the stage's jobs; jobs that ran "
+                   "at the same time each count their own time.")
+    t.notes += _unmeasured_note(everything)
     return t
 
 

@@ -19,7 +19,13 @@ from ..generation.shards import scan
 from ..report.metrics import OVERALL, compression_stats
 from ..serving import api_key_env, model_endpoint, tokenizer_ref
 from ..store import write_parquet
-from ..traces.compression import COMPRESSED_SCHEMA, assemble, compression_inputs, with_compressed_tokens
+from ..traces.compression import (
+    COMPRESSED_SCHEMA,
+    assemble,
+    compression_inputs,
+    split_response,
+    with_compressed_tokens,
+)
 from ..traces.tokenization import load_tokenizer
 from . import StageContext, StageResult
 
@@ -53,9 +59,12 @@ def run(ctx: StageContext) -> StageResult:
         rows.append(assemble(r["id"], t["response"], rec.get("content") or rec.get("response"),
                              finish_reason=rec.get("finish_reason"), canonical_answer=t["answer"],
                              dataset=t["dataset"], domain=t["domain"], teacher=teacher, compressor=comp_name))
-    n = write_parquet(rows, ctx.out / "compressed.parquet", schema=COMPRESSED_SCHEMA)
+    # Token lengths kept in the artifact (the report's Table 5 and Fig. 2 read them from it).
     tok = load_tokenizer(tokenizer_ref(spec.tokenizer or spec.model))
-    stats = [s.to_row() for s in compression_stats(with_compressed_tokens(rows, tok))]
+    raw = {r["id"]: parts.reasoning for r in rows if (parts := split_response(by_id[r["id"]]["response"]))}
+    rows = with_compressed_tokens(rows, tok, raw)
+    n = write_parquet(rows, ctx.out / "compressed.parquet", schema=COMPRESSED_SCHEMA)
+    stats = [s.to_row() for s in compression_stats(rows)]
     (ctx.out / "stats.json").write_text(json.dumps(stats, indent=1))
     overall = next((s for s in stats if s["dataset"] == OVERALL), {})
     return StageResult({"compressed.parquet": n}, {**req_stats, **failed,

@@ -26,6 +26,7 @@ from ..report.metrics import eval_metrics
 from ..serving import api_key_env, model_endpoint
 from ..store import write_parquet
 from ..traces.extraction import UNVERIFIABLE, split_think, verify_batch
+from ..traces.tokenization import batch_lengths, load_tokenizer
 from . import StageContext, StageResult
 
 
@@ -53,6 +54,7 @@ def run(ctx: StageContext) -> StageResult:
     scored = {q["id"]: _record(q, group_of[q["dataset"]], done[q["id"]], v)
               for q, v in zip(answered, verdicts, strict=True)}
     records = [scored.get(q["id"]) or _failed_record(q, group_of[q["dataset"]]) for q in questions]
+    _count_reasoning_tokens(records, ctx.input("train") / "model")
     n = write_parquet(records, ctx.out / "records.parquet")
     metrics = eval_metrics(records, list(ev.groups)).to_row()
     Path(ctx.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -68,6 +70,18 @@ def _record(q: Mapping[str, Any], group: str, c: Mapping[str, Any], v: Any) -> d
             "truncated": bool(cut), "extracted": v.extracted, "completion_tokens": int(c.get("completion_tokens") or 0),
             "reasoning_chars": len(split.reasoning), "response": c["response"], "failed": False,
             "verify_error": v.error}
+
+
+def _count_reasoning_tokens(records: list[dict[str, Any]], model_dir: Path) -> None:
+    """`reasoning_tokens`: the student tokenizer's length of each record's reasoning (the paper's
+    median reasoning tokens, Table 9 and Fig. 4); a failed record has none to count (0)."""
+    tok = load_tokenizer(model_dir)
+    answered = [r for r in records if not r["failed"]]
+    texts = [split_think(r["response"]).reasoning for r in answered]
+    for r, n in zip(answered, batch_lengths(tok, texts), strict=True):
+        r["reasoning_tokens"] = n
+    for r in records:
+        r.setdefault("reasoning_tokens", 0)
 
 
 def _failed_record(q: Mapping[str, Any], group: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from the upstream manifests.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 
 from ..config import StudyConfig
 from ..datasets.chance import dataset_chance
+from ..jobcost import node_job_cost
 from ..plan import Cell, expand_cells
 from ..report.build import ReportInputs, write_report
 from . import StageContext, StageResult
@@ -48,9 +50,12 @@ def run(ctx: StageContext) -> StageResult:
         training.append({"cell": name, "gpus": cell_of[name].gpus,
                          **json.loads((path / "train_result.json").read_text())})
         losses.extend({"cell": name, **r} for r in pq.read_table(path / "loss.parquet").to_pylist())
-    for stage in ("generate", "compress", "judge", "train", "evaluate"):
-        for name, path in sorted(paths.get(stage, {}).items()):
-            jobs.append(_job(stage, name, path, cell_of.get(name)))
+    upstream = _upstream(ctx.inputs)  # the generate and build jobs are no input of the report, yet cost
+    for stage in ("build", "generate", "compress", "judge", "train", "evaluate"):
+        for nid, path in sorted(upstream.items()):
+            if nid.split("/", 1)[0] == stage and (path / "manifest.json").is_file():
+                name = nid.split("/", 1)[1]
+                jobs.append(_job(stage, name, path, cell_of.get(name)))
     yield_rows = [r for p in paths.get("verify", {}).values() for r in pq.read_table(p / "yield.parquet").to_pylist()]
     compression = [r for p in paths.get("compress", {}).values()
                    for r in pq.read_table(p / "compressed.parquet").to_pylist()]
@@ -84,8 +89,35 @@ def dataset_rows(cfg: StudyConfig) -> list[dict[str, Any]]:
     return out
 
 
+def _upstream(inputs: Mapping[str, Path]) -> dict[str, Path]:
+    """The report's inputs and every committed node upstream of them, followed through the
+    manifests' identities (node id -> upstream key), so every job of the study is accounted."""
+    seen = dict(inputs)
+    todo = list(inputs.items())
+    while todo:
+        _, path = todo.pop()
+        try:
+            ups = json.loads((path / "manifest.json").read_text()).get("identity", {}).get("upstream") or {}
+        except (OSError, ValueError):
+            continue
+        for nid, key in ups.items():
+            if nid not in seen:
+                stage, name = nid.split("/", 1)
+                seen[nid] = path.parent.parent / stage / f"{name}-{key}"  # store.path(stage, name, key)
+                todo.append((nid, seen[nid]))
+    return seen
+
+
 def _job(stage: str, name: str, path: Path, cell: Cell | None) -> dict[str, Any]:
-    """Measured wall time of a committed step, from its manifest (local runs; Slurm adds sacct rows)."""
+    """Measured cost of a committed step's job (jobcost.node_job_cost): the job's own run time from
+    its state file, never the manifest's `seconds` (that counts the wait for a worker or slot)."""
     m = json.loads((path / "manifest.json").read_text())
-    return {"stage": stage, "name": name, "elapsed_s": m.get("seconds"), "gpus": m["job"]["gpus"],
-            "cell": cell.name if cell else None, "job_id": m["job"].get("job_id"), "source": "local"}
+    states = []
+    for f in sorted((path.parent / ".jobs" / path.name).glob("*.state.json")):  # jobs.node.job_dir
+        try:
+            states.append(json.loads(f.read_text()))
+        except (OSError, ValueError):
+            continue
+    cost = node_job_cost(m, states)
+    return {"stage": stage, "name": name, "cell": cell.name if cell else None, "job_id": m["job"].get("job_id"),
+            **cost.to_row()}

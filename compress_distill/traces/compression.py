@@ -54,6 +54,10 @@ COMPRESSED_SCHEMA = pa.schema([
     pa.field("status", pa.string()),        # one of STATUSES
     pa.field("usable", pa.bool_()),
     pa.field("finish_reason", pa.string()),
+    # Token lengths of the raw and the compressed reasoning, by the compressor's tokenizer (Table 5's
+    # token column, Fig. 2 in tokens); filled by `with_compressed_tokens` on usable rows, else null.
+    pa.field("raw_tokens", pa.int64()),
+    pa.field("compressed_tokens", pa.int64()),
 ])
 
 
@@ -162,17 +166,24 @@ def assemble(record_id: str, raw_response: str, output: str | None, *, finish_re
     row = {name: meta.get(name) for name in ("dataset", "domain", "teacher", "compressor")}
     row.update(id=record_id, reasoning=reasoning, response=join_response(reasoning, tail),
                raw_chars=len(parts.reasoning), compressed_chars=len(reasoning), rho=rho, status=status,
-               usable=status not in ("empty", "empty_original"), finish_reason=finish_reason)
+               usable=status not in ("empty", "empty_original"), finish_reason=finish_reason,
+               raw_tokens=None, compressed_tokens=None)
     return row
 
 
 # --------------------------------------------------------------------------- Table 5
 
-def with_compressed_tokens(rows: Iterable[Mapping[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+def with_compressed_tokens(rows: Iterable[Mapping[str, Any]], tokenizer: Any,
+                           raw_reasoning: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
     """The rows with `compressed_tokens` (the compressor tokenizer's length of the compressed
-    reasoning) on usable ones, for `report.metrics.compression_stats` (Table 5's token column)."""
+    reasoning) on usable ones, for `report.metrics.compression_stats` (Table 5's token column);
+    with `raw_reasoning` (id -> the raw trace's reasoning), `raw_tokens` too, by the same tokenizer."""
     out = [dict(r) for r in rows]
     usable = [r for r in out if r.get("usable")]
     for r, n in zip(usable, batch_lengths(tokenizer, [str(r["reasoning"]) for r in usable]), strict=True):
         r["compressed_tokens"] = n
+    if raw_reasoning is not None:
+        known = [r for r in usable if r["id"] in raw_reasoning]
+        for r, n in zip(known, batch_lengths(tokenizer, [raw_reasoning[r["id"]] for r in known]), strict=True):
+            r["raw_tokens"] = n
     return out
