@@ -9,10 +9,10 @@ CODE_VERSIONS: dict[str, str] = {
     "prepare": "1",
     "generate": "1",
     "verify": "1",
-    "compress": "1",
+    "compress": "2",  # 2: each request seeded from its trace id (was: one seed for all)
     "judge": "2",
     "derive": "1",
     "train": "1",
-    "evaluate": "1",
-    "report": "1",
+    "evaluate": "2",  # 2: each request seeded from the run's seed and the question id (was: 0)
+    "report": "2",  # 2: cells with several seeds (pooled, SD over seeds), per-run records
 }

@@ -50,9 +50,15 @@ def table3(d: ReportData) -> TableBlock:
         for data in d.data_order:
             c = d.cell_at(*cfg, data)
             m = d.metrics.get(c.cell) if c else None
-            row.append(f_acc_se(m.accuracy, m.accuracy_se) if m else NA)
+            spread = d.seed_spread(c) if c else None
+            row.append((f_acc_se(m.accuracy, m.accuracy_se) if m else NA)
+                       + (f" (SD {f_num(spread[1])}, {spread[2]} seeds)" if spread else ""))
         t.rows.append(row)
     t.notes.append(f"{NA}: cell not in the grid or not evaluated. Overall accuracy is over all records.")
+    if any(d.seed_spread(c) for c in d.cells):
+        t.notes.append("A cell with several seeds: accuracy over the records of all its seeds (the mean over "
+                       "seeds) ± the binomial SE of those records; SD: the standard deviation of the seeds' "
+                       "accuracies (sample SD, k seeds).")
     return t
 
 
@@ -326,6 +332,9 @@ def table11(d: ReportData) -> TableBlock:
                        "not counted in the GPU energy model.")
     if not d.jobs:
         t.notes.append("No job accounting was given: times come from the training logs.")
+    if any(len(c.run_names) > 1 for c in d.cells):
+        t.notes.append("A cell with several seeds: its jobs' times add up over its seeds; from training logs, "
+                       "the mean over seeds.")
     return t
 
 

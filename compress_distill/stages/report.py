@@ -17,6 +17,8 @@ from ..plan import Cell, expand_cells
 from ..report.build import ReportInputs, write_report
 from . import StageContext, StageResult
 
+RECORD_COLUMNS = ["id", "dataset", "group", "correct", "truncated", "completion_tokens", "reasoning_chars", "failed"]
+
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
@@ -27,6 +29,7 @@ def run(ctx: StageContext) -> StageResult:
         paths.setdefault(stage, {})[name] = path
     cells: list[dict[str, Any]] = []
     metrics: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     training: list[dict[str, Any]] = []
     losses: list[dict[str, Any]] = []
     jobs: list[dict[str, Any]] = []
@@ -35,8 +38,12 @@ def run(ctx: StageContext) -> StageResult:
         src = cfg.data_sources[c.data]
         cells.append({"cell": name, "teacher": c.teacher, "student": c.student, "method": c.method,
                       "data": c.data, "data_kind": src.kind, "compressor": src.compressor,
-                      "method_kind": cfg.methods[c.method].kind, "gpus": c.gpus, "block": c.block})
+                      "method_kind": cfg.methods[c.method].kind, "gpus": c.gpus, "block": c.block,
+                      "seed": c.seed})
         metrics.append({"cell": name, **json.loads((path / "metrics.json").read_text())})
+        # per-question records of each run (responses left out): paired comparisons, pooled over seeds
+        records.extend({"cell": name, **r} for r in
+                       pq.read_table(path / "records.parquet", columns=RECORD_COLUMNS).to_pylist())
     for name, path in sorted(paths.get("train", {}).items()):
         training.append({"cell": name, "gpus": cell_of[name].gpus,
                          **json.loads((path / "train_result.json").read_text())})
@@ -50,7 +57,8 @@ def run(ctx: StageContext) -> StageResult:
     judge = [r for p in paths.get("judge", {}).values() for r in pq.read_table(p / "verdicts.parquet").to_pylist()]
     labels = {k: v.label for group in (cfg.teachers, cfg.compressors, cfg.students, cfg.methods, cfg.data_sources)
               for k, v in group.items()}
-    inputs = ReportInputs(cells=cells, eval_metrics=metrics, training=training, loss_curves=losses,
+    inputs = ReportInputs(cells=cells, eval_metrics=metrics, eval_records=records, training=training,
+                          loss_curves=losses,
                           generation_yield=yield_rows, compression=compression, judge=judge or None, jobs=jobs,
                           groups=list(cfg.evaluation.groups), labels=labels,
                           title=f"Compress-Distill reproduction: {cfg.name}",
