@@ -347,13 +347,13 @@ def build_data(inputs: ReportInputs) -> ReportData:
     run_rows = {str(r["cell"]): r for r in rows_of(inputs.training)}
     training = dict(run_rows)
     for c in multi:
-        ms = [run_metrics[r] for r in c.run_names if r in run_metrics]
-        for r in c.run_names:
-            metrics.pop(r, None)
-            training.pop(r, None)
+        ms = [run_metrics[run] for run in c.run_names if run in run_metrics]
+        for run in c.run_names:
+            metrics.pop(run, None)
+            training.pop(run, None)
         if ms:
             metrics[c.cell] = pool_metrics(ms)
-        trs = [run_rows[r] for r in c.run_names if r in run_rows]
+        trs = [run_rows[run] for run in c.run_names if run in run_rows]
         if trs:
             training[c.cell] = _mean_row(trs, c.cell)
     run_to_cell = {r: c.cell for c in multi for r in c.run_names}
