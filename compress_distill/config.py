@@ -209,6 +209,8 @@ class TrainingSpec(Strict):
     plugins: list[str] = []
     train_on_eot: Literal["turn", "all", "last"] = "turn"
     split_thinking: bool = True
+    # The training seed of grid blocks without `seeds` (a block's `seeds` replace it per run: the
+    # plan writes each run's seed here in its train node), and the seed of the validation split.
     seed: int = 42
 
 
