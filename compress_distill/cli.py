@@ -32,7 +32,7 @@ err_console = Console(stderr=True)
 ConfigArg = Annotated[Path, typer.Argument(help="study config YAML, e.g. configs/mini.yaml")]
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="artifact store root (default: config store_root)")]
 SelectOpt = Annotated[list[str] | None, typer.Option(
-    "--select", "-s", help="cell filter AXIS=GLOB (teacher/student/method/data), repeatable")]
+    "--select", "-s", help="cell filter AXIS=GLOB (teacher/student/method/data/seed), repeatable")]
 
 
 def _error(message: str) -> None:
@@ -94,7 +94,7 @@ def plan_document(plan: Plan, store: ArtifactStore) -> dict[str, Any]:
     for c in plan.cells:
         est = est_by_node[f"train/{c.name}"]
         cells.append({"name": c.name, "teacher": c.teacher, "student": c.student, "method": c.method,
-                      "data": c.data, "block": c.block, "gpus": c.gpus, "est_hours": est.hours,
+                      "data": c.data, "seed": c.seed, "block": c.block, "gpus": c.gpus, "est_hours": est.hours,
                       "est_gpu_hours": est.gpu_hours, "estimate_source": est.source})
 
     def total(stages: tuple[str, ...]) -> float:

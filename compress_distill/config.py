@@ -15,10 +15,18 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .backends.slurm_parse import parse_duration
 from .cluster.families import Family
@@ -26,6 +34,9 @@ from .cluster.families import resolve as resolve_family
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 CELL_AXES = ("teacher", "student", "method", "data")
+# numpy's global seed (which TRL/transformers' set_seed also sets) must fit 32 bits
+MAX_SEED = 2**32 - 1
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 JOB_KINDS = ("vllm", "train", "eval", "cpu")
 
 
@@ -199,6 +210,8 @@ class TrainingSpec(Strict):
     plugins: list[str] = []
     train_on_eot: Literal["turn", "all", "last"] = "turn"
     split_thinking: bool = True
+    # The training seed of grid blocks without `seeds` (a block's `seeds` replace it per run: the
+    # plan writes each run's seed here in its train node), and the seed of the validation split.
     seed: int = 42
 
 
@@ -441,7 +454,7 @@ class ClusterProfile(Strict):
 
 
 class GridBlock(Strict):
-    """Cartesian product of the four axes, minus `exclude` patterns."""
+    """Cartesian product of the four axes, minus `exclude` patterns, once per seed."""
 
     name: str
     teachers: list[str]
@@ -449,6 +462,22 @@ class GridBlock(Strict):
     methods: list[str]
     data: list[str]
     exclude: list[dict[Literal["teacher", "student", "method", "data"], str]] = []
+    # Training seeds: each cell is trained and evaluated once per seed (replicates, for a spread over
+    # seeds). Unset: one seed, `training.seed`. The upstream steps (generation, compression, derived
+    # training sets) are shared by every seed; only train and evaluate nodes are per seed.
+    seeds: list[Seed] | None = None
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("an empty list trains nothing; leave `seeds` out for one seed (training.seed)")
+        dups = sorted({s for s in v if v.count(s) > 1})
+        if dups:
+            raise ValueError(f"seed(s) {dups} listed twice; each seed is one replicate of every cell")
+        return v
 
 
 class StudyConfig(Strict):

@@ -13,6 +13,9 @@ from the config, so what ran is what was hashed. Nodes are ordered by their
 declared dependencies (a topological order, ties kept in the order added);
 the models the study builds itself arrive as data (`model_refs.ModelBuild`).
 
+A grid block's `seeds` repeat each cell once per training seed: the train and evaluate nodes are
+per seed (their keys hold it), everything upstream of them is shared by the seeds.
+
 Stages, in order:
   build (mini-world models only) / prepare -> generate (rejection rounds, in one serving job) -> verify
   -> compress -> judge (optional) -> derive (training sets per source)
@@ -38,9 +41,17 @@ STAGES = ("build", "prepare", "generate", "verify", "compress", "judge", "derive
 KEY_LEN = 16
 
 
+SELECT_AXES = (*CELL_AXES, "seed")
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One student training run of the grid."""
+    """One student training run of the grid: a (teacher, student, method, data) cell at one seed.
+
+    `seed` is the run's training seed. The run at `training.seed` (the only one of a grid without
+    `seeds`) keeps the plain name `teacher.student.method.data`; any other seed adds `.s<seed>`.
+    Keys hash upstream node ids, so this keeps every existing train/evaluate key (and cache) when
+    a grid gains seeds: the new seeds only add nodes."""
 
     teacher: str
     student: str
@@ -48,10 +59,17 @@ class Cell:
     data: str
     gpus: int
     block: str
+    seed: int
+    seed_in_name: bool = False
+
+    @property
+    def config_name(self) -> str:
+        """The cell without its seed: what the runs of one cell at several seeds share."""
+        return f"{self.teacher}.{self.student}.{self.method}.{self.data}"
 
     @property
     def name(self) -> str:
-        return f"{self.teacher}.{self.student}.{self.method}.{self.data}"
+        return f"{self.config_name}.s{self.seed}" if self.seed_in_name else self.config_name
 
     def axis(self, axis: str) -> str:
         return str(getattr(self, axis))
@@ -158,10 +176,10 @@ class Plan:
         return out
 
     def select(self, patterns: Mapping[str, str]) -> list[Cell]:
-        """Cells whose axes match glob patterns, e.g. {"student": "qwen*", "data": "raw"}."""
-        bad = set(patterns) - set(CELL_AXES)
+        """Cells whose axes match glob patterns, e.g. {"student": "qwen*", "data": "raw", "seed": "1"}."""
+        bad = set(patterns) - set(SELECT_AXES)
         if bad:
-            raise ValueError(f"unknown selection axis {sorted(bad)}; allowed: {', '.join(CELL_AXES)}")
+            raise ValueError(f"unknown selection axis {sorted(bad)}; allowed: {', '.join(SELECT_AXES)}")
         return [c for c in self.cells if all(fnmatch.fnmatchcase(c.axis(a), p) for a, p in patterns.items())]
 
 
@@ -175,9 +193,11 @@ def hash_identity(identity: Mapping[str, Any]) -> str:
 
 
 def expand_cells(cfg: StudyConfig) -> list[Cell]:
-    """Grid blocks -> unique cells, in config order. A cell listed by two blocks is an error."""
+    """Grid blocks -> unique cells (one per seed), in config order. A cell listed at the same seed by two
+    blocks is an error."""
     cells: dict[str, Cell] = {}
     for block in cfg.grid:
+        seeds = block.seeds if block.seeds is not None else [cfg.training.seed]
         for t in block.teachers:
             for s in block.students:
                 student = cfg.students[s]
@@ -188,11 +208,13 @@ def expand_cells(cfg: StudyConfig) -> list[Cell]:
                         values = {"teacher": t, "student": s, "method": m, "data": d}
                         if any(all(values[k] == v for k, v in ex.items()) for ex in block.exclude):
                             continue
-                        cell = Cell(t, s, m, d, student.gpus_by_data.get(d, student.gpus), block.name)
-                        if cell.name in cells:
-                            raise ValueError(f"grid: cell {cell.name} appears in blocks "
-                                             f"{cells[cell.name].block!r} and {block.name!r}")
-                        cells[cell.name] = cell
+                        for seed in seeds:
+                            cell = Cell(t, s, m, d, student.gpus_by_data.get(d, student.gpus), block.name,
+                                        seed, seed_in_name=seed != cfg.training.seed)
+                            if cell.name in cells:
+                                raise ValueError(f"grid: cell {cell.name} appears in blocks "
+                                                 f"{cells[cell.name].block!r} and {block.name!r}")
+                            cells[cell.name] = cell
     if not cells:
         raise ValueError("grid: expands to no cells")
     return list(cells.values())
@@ -220,11 +242,13 @@ def _serving_identity(cfg: StudyConfig, model: str, sampling: Any, serve: Any) -
 def train_identity(cfg: StudyConfig, cell: Cell) -> dict[str, Any]:
     """A train node's identity: the one place a cell's effective hyperparameters are resolved (the
     student's method overrides folded in) and the FSDP rule is applied. Trainers read these values
-    back from the node (`TrainParams.of`)."""
+    back from the node (`TrainParams.of`). The cell's seed is `training.seed` here (one seed per run;
+    at the config's own seed the identity is what it was before grids had seeds)."""
     st = cfg.students[cell.student]
     method = cfg.method_for(cell.student, cell.method)
+    training = cfg.training.model_copy(update={"seed": cell.seed})
     return {"student": st.model, "method": method.model_dump(exclude={"label"}),
-            "training": cfg.training.model_dump(exclude={"save_steps"}),
+            "training": training.model_dump(exclude={"save_steps"}),
             # FSDP2 for full fine-tuning of students marked `fsdp: true` (H.3); LoRA runs use DDP
             "fsdp": st.fsdp and method.kind == "full",
             "decoder_layer": st.decoder_layer, "world_size": cell.gpus, "family": family_identity(cfg, cell.student)}
@@ -344,8 +368,9 @@ def build_plan(cfg: StudyConfig) -> Plan:
         ev = cfg.evaluation
         evals.append(add(Node(
             "evaluate", c.name,
+            # the seed: each question's request seed derives from it (and the question id)
             {"max_tokens": ev.max_tokens, "temperature": ev.temperature, "groups": ev.groups,
-             "engine": engine(cfg, ev.serve)},
+             "engine": engine(cfg, ev.serve), "seed": c.seed},
             (tr, suite), JobSpec("eval", ev.serve.gpus), c,
         )))
     # The report reads loss curves and training times too, so train nodes are its inputs as well.

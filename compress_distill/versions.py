@@ -9,10 +9,10 @@ CODE_VERSIONS: dict[str, str] = {
     "prepare": "1",
     "generate": "1",
     "verify": "1",
-    "compress": "2",
+    "compress": "2",  # 2: each request seeded from its trace id (was: one seed for all); raw/compressed token columns
     "judge": "2",
     "derive": "1",
     "train": "1",
-    "evaluate": "2",
-    "report": "2",
+    "evaluate": "2",  # 2: each request seeded from the run's seed and the question id (was: 0); reasoning_tokens
+    "report": "2",  # 2: cells with several seeds (pooled, SD over seeds), per-run records; findings with paired CIs; measured cost
 }

@@ -178,3 +178,25 @@ def test_slurm_time_limit_inside_the_requeue_window_is_refused(tmp_path: Path, p
     paper["cluster"]["requeue"] = True
     paper["cluster"]["jobs"]["eval"]["time_limit"] = "00:10:01"
     assert load_config(_write(tmp_path, paper)).cluster.job("eval").time_limit == "00:10:01"
+
+
+@pytest.mark.parametrize("seeds,expect", [
+    ([-1], r"grid\.0\.seeds\.0: Input should be greater than or equal to 0"),
+    ([2**32], r"grid\.0\.seeds\.0: Input should be less than or equal to 4294967295"),
+    ([0, 1, 1], r"grid\.0\.seeds: seed\(s\) \[1\] listed twice"),
+    (["1"], r"grid\.0\.seeds\.0: Input should be a valid integer"),
+    ([1.5], r"grid\.0\.seeds\.0: Input should be a valid integer"),
+    ([True], r"grid\.0\.seeds\.0: Input should be a valid integer"),
+    ([], r"grid\.0\.seeds: an empty list trains nothing"),
+    (3, r"grid\.0\.seeds: Input should be a valid list"),
+])
+def test_bad_seeds_name_the_block_and_the_value(tmp_path: Path, paper: dict, seeds: object, expect: str) -> None:
+    paper["grid"][0]["seeds"] = seeds
+    with pytest.raises(ConfigError, match=expect):
+        load_config(_write(tmp_path, paper))
+
+
+def test_seeds_default_to_one(tmp_path: Path, paper: dict) -> None:
+    assert load_config(_write(tmp_path, paper)).grid[0].seeds is None  # one seed: training.seed
+    paper["grid"][0]["seeds"] = [0, 1, 2]
+    assert load_config(_write(tmp_path, paper)).grid[0].seeds == [0, 1, 2]

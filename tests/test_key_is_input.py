@@ -203,3 +203,58 @@ def test_only_the_plan_resolves_methods() -> None:
             if isinstance(node, ast.Attribute) and node.attr == "method_for" and isinstance(node.ctx, ast.Load):
                 callers.append(path.relative_to(REPO).as_posix())
     assert callers == ["compress_distill/plan.py"]
+
+
+def _seeded(backend: str, seeds: list[int]) -> StudyConfig:
+    data = yaml.safe_load((CONFIGS / "mini-ci.yaml").read_text())
+    data["training"]["backend"] = backend
+    data["grid"][1]["seeds"] = seeds  # the LoRA block
+    return parse_config(data, "<test>")
+
+
+def test_the_seed_moves_only_its_runs_keys() -> None:
+    """A seed is identity of its own train and evaluate nodes only: changing one run's seed moves
+    that run (and the report), never the shared generation, compression or training sets."""
+    base, changed = build_plan(_seeded("trl", [42, 5])), build_plan(_seeded("trl", [42, 6]))
+    assert _hashed(base, f"{LORA_CELL}.s5")["training"]["seed"] == 5
+    assert base.identity(f"evaluate/{LORA_CELL}.s5")["params"]["seed"] == 5
+    common = set(base.nodes) & set(changed.nodes)
+    assert {n for n in common if base.keys[n] != changed.keys[n]} == {"report/study"}
+    assert set(base.nodes) ^ set(changed.nodes) == {f"{s}/{LORA_CELL}.s{k}" for s in ("train", "evaluate")
+                                                     for k in (5, 6)}
+
+
+@pytest.mark.parametrize("backend", ["trl", "axolotl"])
+def test_trainers_run_with_the_hashed_seed(backend: str, tmp_path: Path, no_models: None,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each seed's trainer gets that seed (TRL's seed and data_seed; Axolotl's `seed`), read back from
+    the node as a job rebuilds it, equal to what the key hashed."""
+    seen: list[int] = []
+    if backend == "trl":
+        pytest.importorskip("trl")
+        from compress_distill.training import trl_backend
+
+        def stub_train(model_dir: Path, train_parquet: Path, out_dir: Path, method: Any, training: Any,
+                       **kw: Any) -> None:
+            args = trl_backend.training_arguments(out_dir, method, training, max_steps=kw["max_steps"],
+                                                  save_steps=kw["save_steps"], seed=kw.get("seed", 0))
+            assert args["seed"] == args["data_seed"]
+            seen.append(args["seed"])
+            raise TrainerReached
+
+        monkeypatch.setattr(trl_backend, "train_student", stub_train)
+    else:
+        from compress_distill.training import axolotl_backend as ab
+
+        def stub_run(config_path: Path, *args: Any, **kw: Any) -> None:
+            seen.append(yaml.safe_load(Path(config_path).read_text())["seed"])
+            raise TrainerReached
+
+        monkeypatch.setattr(ab, "axolotl_env", lambda cfg: tmp_path / "env")
+        monkeypatch.setattr(ab, "train_gpus", lambda cfg, env, want: 0)
+        monkeypatch.setattr(ab, "run_axolotl", stub_run)
+    plan = _job_plan(build_plan(_seeded(backend, [42, 3, 11])), tmp_path)
+    cells = [LORA_CELL, f"{LORA_CELL}.s3", f"{LORA_CELL}.s11"]
+    for cell in cells:
+        _run_train_stage(plan, cell, tmp_path / cell)
+    assert seen == [_hashed(plan, c)["training"]["seed"] for c in cells] == [42, 3, 11]

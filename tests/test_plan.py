@@ -215,3 +215,56 @@ def test_topological_order_is_stable_and_rejects_cycles() -> None:
         topological({x.id: x for x in (n("a", "b"), n("b", "a"), n("c"))})
     with pytest.raises(ValueError, match="not in the plan"):
         topological({x.id: x for x in (n("a", "zz"),)})
+
+
+def _mini_ci(seeds: list[int] | None = None, block: int = 1) -> dict:
+    data = yaml.safe_load((CONFIGS / "mini-ci.yaml").read_text())
+    if seeds is not None:
+        data["grid"][block]["seeds"] = seeds
+    return data
+
+
+def test_seeds_add_train_and_eval_nodes_per_seed_sharing_upstream() -> None:
+    """N seeds -> N train and N evaluate nodes with distinct keys, on one shared derive (and everything
+    above it); the run at training.seed (42) keeps today's name and keys, the others add `.s<seed>`."""
+    base = build_plan(parse_config(_mini_ci()))
+    plan = build_plan(parse_config(_mini_ci([42, 1, 2])))
+    names = ["mini-teacher.tiny.lora.raw", "mini-teacher.tiny.lora.raw.s1", "mini-teacher.tiny.lora.raw.s2"]
+    assert [c.name for c in plan.cells if c.method == "lora"] == names
+    assert [c.seed for c in plan.cells if c.method == "lora"] == [42, 1, 2]
+    for stage in ("train", "evaluate"):
+        ids = [f"{stage}/{n}" for n in names]
+        assert len({plan.keys[i] for i in ids}) == 3
+    assert {plan.nodes[f"train/{n}"].deps for n in names} == {plan.nodes[f"train/{names[0]}"].deps}
+    assert [plan.train_params(c).training.seed for c in plan.cells if c.method == "lora"] == [42, 1, 2]
+    assert [plan.nodes[f"evaluate/{n}"].params["seed"] for n in names] == [42, 1, 2]
+    # adding seeds only adds nodes: every existing key but the report's (it covers every cell) is kept
+    assert set(plan.nodes) - set(base.nodes) == {f"{s}/{n}" for s in ("train", "evaluate") for n in names[1:]}
+    assert {n for n in base.nodes if base.keys[n] != plan.keys[n]} == {"report/study"}
+    # a single seed other than training.seed is named by it and keyed by it; upstream is unchanged
+    other = build_plan(parse_config(_mini_ci([7])))
+    assert "train/mini-teacher.tiny.lora.raw.s7" in other.nodes and f"train/{names[0]}" not in other.nodes
+    assert all(other.keys[n] == base.keys[n] for n in base.nodes if n.split("/")[0] not in
+               ("train", "evaluate", "report"))
+
+
+def test_one_cell_at_two_seeds_in_two_blocks() -> None:
+    data = _mini_ci([1])
+    data["grid"].append(dict(data["grid"][1], name="more", seeds=[2]))
+    assert [c.name for c in build_plan(parse_config(data)).cells][-2:] == \
+        ["mini-teacher.tiny.lora.raw.s1", "mini-teacher.tiny.lora.raw.s2"]
+    data["grid"][-1]["seeds"] = [1]
+    with pytest.raises(ValueError, match=r"mini-teacher\.tiny\.lora\.raw\.s1 appears in blocks 'ci-lora' and 'more'"):
+        build_plan(parse_config(data))
+
+
+def test_select_by_seed() -> None:
+    plan = build_plan(parse_config(_mini_ci([42, 1, 2], block=0)))
+    assert [c.name for c in plan.select({"seed": "1"})] == [
+        f"mini-teacher.tiny.full.{d}.s1" for d in ("raw", "mild", "aggressive", "answer_only", "truncated")]
+    nodes = nodes_for_selection(plan, {"seed": "1", "data": "raw"})
+    assert [n for n in nodes if n.split("/")[0] in ("train", "evaluate")] == [
+        "train/mini-teacher.tiny.full.raw.s1", "evaluate/mini-teacher.tiny.full.raw.s1"]
+    assert "derive/mini-teacher.raw" in nodes  # shared upstream comes along
+    with pytest.raises(ValueError, match="allowed: teacher, student, method, data, seed"):
+        plan.select({"sede": "1"})

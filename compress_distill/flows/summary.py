@@ -126,7 +126,7 @@ def results_rows(plan: Plan, store: ArtifactStore, node_ids: list[str],
         m = eval_metrics(store, plan, ev)
         rows.append({
             "cell": cell.name, "teacher": cell.teacher, "student": cell.student, "method": cell.method,
-            "data": cell.data, "gpus": cell.gpus,
+            "data": cell.data, "seed": cell.seed, "gpus": cell.gpus,
             "train": outcomes.get(tr, "pending"), "evaluate": outcomes.get(ev, "pending"),
             "accuracy": _round(m.get("accuracy"), 4),
             "avg_tokens": _round(m.get("avg_tokens"), 1),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import os
 import random
@@ -116,6 +117,19 @@ class Sampling:
         names = ("temperature", "top_p", "max_tokens", "seed", "reasoning_effort")
         kw = {k: getattr(spec, k) for k in names if hasattr(spec, k)}
         return cls(**{**kw, **overrides})
+
+    def for_request(self, key: str, rnd: int = 0) -> Sampling:
+        """This sampling with the seed of one request (`request_seed` of its id and round): every
+        request carries its own seed, so what an item gets depends on nothing else in the batch."""
+        return dataclasses.replace(self, seed=request_seed(self.seed, key, rnd))
+
+
+def request_seed(base: int | None, key: str, rnd: int) -> int | None:
+    """A request's seed: distinct per (item id, round), stable across resumes, batch order and
+    servers (vLLM seeds a per-request generator with it, as does the local server). None: unseeded."""
+    if base is None:
+        return None
+    return int.from_bytes(hashlib.sha256(f"{base}/{key}/{rnd}".encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)

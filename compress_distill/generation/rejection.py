@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import hashlib
 import importlib
 import inspect
 import json
@@ -132,13 +130,6 @@ class RoundStats:
     wall_s: float
 
 
-def request_seed(base: int | None, qid: str, rnd: int) -> int | None:
-    """Distinct per (question, round), stable across resumes and batch order."""
-    if base is None:
-        return None
-    return int.from_bytes(hashlib.sha256(f"{base}/{qid}/{rnd}".encode()).digest()[:4], "big") & 0x7FFFFFFF
-
-
 def round_dir(out_dir: str | Path, rnd: int) -> Path:
     return Path(out_dir) / f"round-{rnd:02d}"
 
@@ -171,7 +162,7 @@ async def run_rejection(questions: Iterable[Mapping[str, Any]], verify: Verifier
             log.info("round %d: resuming, %d of %d pending already recorded", rnd, len(pending) - len(todo),
                      len(pending))
         reqs = (ChatRequest(qid, build_messages(qs[qid], system_prompt),
-                            _with_seed(sampling, request_seed(sampling.seed, qid, rnd)), request_id=f"r{rnd}/{qid}")
+                            sampling.for_request(qid, rnd), request_id=f"r{rnd}/{qid}")
                 for qid in todo)
         requested, n_ok, n_rejected = 0, 0, 0
         with ShardWriter(rdir) as writer:
@@ -239,10 +230,6 @@ def _index(questions: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any
             raise ValueError(f"duplicate question id {q['id']!r}")
         qs[str(q["id"])] = q
     return qs
-
-
-def _with_seed(s: Sampling, seed: int | None) -> Sampling:
-    return dataclasses.replace(s, seed=seed)
 
 
 def _pin_run(out: Path, model: str, sampling: Sampling, system_prompt: str | None, require_think: bool) -> None:

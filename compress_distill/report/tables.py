@@ -92,10 +92,16 @@ def table3(d: ReportData) -> TableBlock:
         for data in d.data_order:
             c = d.cell_at(*cfg, data)
             m = d.metrics.get(c.cell) if c else None
-            row.append(f_acc_se(m.accuracy, m.accuracy_se) + _mark(d, c) if m else NA)
+            spread = d.seed_spread(c) if c else None
+            row.append((f_acc_se(m.accuracy, m.accuracy_se) if m else NA)
+                       + (f" (SD {f_num(spread[1])}, {spread[2]} seeds)" if spread else "") + (_mark(d, c) if m else ""))
         t.rows.append(row)
     t.notes.append(f"{NA}: cell not in the grid or not evaluated. Overall accuracy is over all records. "
                    "'at chance' / 'below chance': see Table 1.")
+    if any(d.seed_spread(c) for c in d.cells):
+        t.notes.append("A cell with several seeds: accuracy over the records of all its seeds (the mean over "
+                       "seeds) ± the binomial SE of those records; SD: the standard deviation of the seeds' "
+                       "accuracies (sample SD, k seeds).")
     return t
 
 
@@ -395,6 +401,9 @@ def table11(d: ReportData) -> TableBlock:
                        f"core-h are {NA} because what the run used was not recorded.")
     t.notes += _unmeasured_note(seen)
     t.notes += _totals_notes(d)
+    if any(len(c.run_names) > 1 for c in d.cells):
+        t.notes.append("A cell with several seeds: its jobs' times add up over its seeds; from training logs, "
+                       "the mean over seeds.")
     return t
 
 

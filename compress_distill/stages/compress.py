@@ -42,8 +42,9 @@ def run(ctx: StageContext) -> StageResult:
             cfg = ClientConfig(model=ep.model, base_url=ep.base_url, api_key_env=api_key_env(),
                                max_concurrency=spec.sampling.batch_size, max_model_len=spec.serve.max_model_len)
             sampling = Sampling.from_spec(spec.sampling)
-            complete_into_shards(cfg, (ChatRequest(r["id"], [{"role": "user", "content": r["prompt"]}], sampling)
-                                       for r in todo), shard_dir)
+            # each request seeded from its trace id (one round): reproducible whatever the batching
+            complete_into_shards(cfg, (ChatRequest(r["id"], [{"role": "user", "content": r["prompt"]}],
+                                                   sampling.for_request(r["id"])) for r in todo), shard_dir)
     scanned = scan(shard_dir)
     failed = check_failures(ctx.node.id, unanswered([r["id"] for r in requests], scanned), len(requests),
                             max_fraction=spec.max_failed_fraction,

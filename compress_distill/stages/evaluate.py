@@ -42,8 +42,10 @@ def run(ctx: StageContext) -> StageResult:
         with model_endpoint(str(model_dir), log_path=ctx.work / "server.log") as ep:
             cfg = ClientConfig(model=ep.model, base_url=ep.base_url, api_key_env=api_key_env(),
                                max_concurrency=ev.batch_size, max_model_len=ev.serve.max_model_len)
-            sampling = Sampling(temperature=ev.temperature, max_tokens=ev.max_tokens, seed=0)
-            complete_into_shards(cfg, (ChatRequest(q["id"], build_messages(q), sampling) for q in todo), shard_dir)
+            # the run's seed (the node's: its key holds it) and the question id seed each request
+            sampling = Sampling(temperature=ev.temperature, max_tokens=ev.max_tokens, seed=ctx.node.params["seed"])
+            complete_into_shards(cfg, (ChatRequest(q["id"], build_messages(q), sampling.for_request(q["id"]))
+                                       for q in todo), shard_dir)
     scanned = scan(shard_dir)
     failed = check_failures(ctx.node.id, unanswered([q["id"] for q in questions], scanned), len(questions),
                             max_fraction=ev.max_failed_fraction, config_key="evaluation.max_failed_fraction",

@@ -21,6 +21,10 @@ from ..plan import Cell, expand_cells
 from ..report.build import ReportInputs, write_report
 from . import StageContext, StageResult
 
+# The per-question columns the report reads (responses left out); those a record lacks are skipped.
+RECORD_COLUMNS = ("id", "dataset", "group", "correct", "failed", "truncated", "completion_tokens", "reasoning_chars",
+                  "reasoning_tokens", "seed")
+
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
@@ -40,7 +44,8 @@ def run(ctx: StageContext) -> StageResult:
         src = cfg.data_sources[c.data]
         cells.append({"cell": name, "teacher": c.teacher, "student": c.student, "method": c.method,
                       "data": c.data, "data_kind": src.kind, "compressor": src.compressor,
-                      "method_kind": cfg.methods[c.method].kind, "gpus": c.gpus, "block": c.block})
+                      "method_kind": cfg.methods[c.method].kind, "gpus": c.gpus, "block": c.block,
+                      "seed": c.seed})
         metrics.append({"cell": name, **json.loads((path / "metrics.json").read_text())})
         # Per-question records for the paired comparisons; the responses themselves are not needed.
         recs = pq.read_table(path / "records.parquet")
@@ -70,9 +75,6 @@ def run(ctx: StageContext) -> StageResult:
                           run_info={"config": cfg.name})
     files = write_report(inputs, ctx.out)
     return StageResult({}, {"cells": len(cells), "files": [str(f.relative_to(ctx.out)) for f in files]})
-
-
-RECORD_COLUMNS = ("id", "dataset", "group", "correct", "failed", "truncated", "completion_tokens", "seed")
 
 
 def dataset_rows(cfg: StudyConfig) -> list[dict[str, Any]]:
