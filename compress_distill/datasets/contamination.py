@@ -37,6 +37,7 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -171,13 +172,33 @@ def _ngram_hashes(ids: np.ndarray, offsets: np.ndarray, n: int) -> tuple[np.ndar
 def _ids(token_lists: Sequence[list[str]], vocab: dict[str, int], grow: bool) -> tuple[np.ndarray, np.ndarray]:
     lens = np.fromiter((len(t) for t in token_lists), dtype=np.int64, count=len(token_lists))
     offsets = np.concatenate(([0], np.cumsum(lens))).astype(np.int64)
-    flat: list[int] = []
-    for toks in token_lists:
-        if grow:
-            flat.extend(vocab.setdefault(t, len(vocab) + 1) for t in toks)
-        else:
-            flat.extend(vocab.get(t, 0) for t in toks)
-    return np.asarray(flat, dtype=np.int64), offsets
+    flat = list(chain.from_iterable(token_lists))
+    if grow:
+        for t in flat:
+            if t not in vocab:
+                vocab[t] = len(vocab) + 1
+    # id 0: a token the evaluation side never uses
+    return np.fromiter(map(vocab.get, flat, repeat(0)), dtype=np.int64, count=len(flat)), offsets
+
+
+def _member(sorted_keys: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """`np.isin(h, sorted_keys)` without re-sorting the keys on every call (binary search)."""
+    if not len(sorted_keys):
+        return np.zeros(len(h), dtype=bool)
+    order = np.argsort(h)  # sorted queries: numpy's binary search then starts where the last one ended
+    hs = h[order]
+    out = np.empty(len(h), dtype=bool)
+    out[order] = sorted_keys[np.minimum(np.searchsorted(sorted_keys, hs), len(sorted_keys) - 1)] == hs
+    return out
+
+
+def _distinct_pairs(h: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (hash, question) pairs, sorted by hash, then question."""
+    order = np.lexsort((q, h))
+    hs, qs = h[order], q[order]
+    keep = np.ones(len(hs), dtype=bool)
+    keep[1:] = (hs[1:] != hs[:-1]) | (qs[1:] != qs[:-1])
+    return hs[keep], qs[keep]
 
 
 # --------------------------------------------------------------------------- the check
@@ -187,7 +208,7 @@ class _Index:
     """The evaluation side's k-grams: one row per (hash, question), sorted; each distinct hash
     (`keys`) with its first row and its count of distinct questions (`df`)."""
 
-    rows: np.ndarray
+    questions_of: np.ndarray  # the question of each (hash, question) row
     keys: np.ndarray
     first: np.ndarray
     df: np.ndarray
@@ -195,14 +216,13 @@ class _Index:
     @classmethod
     def of(cls, ids: np.ndarray, offsets: np.ndarray, k: int) -> _Index:
         h, q, _ = _ngram_hashes(ids, offsets, k)
-        rows = np.unique(np.stack([h, q.astype(np.uint64)], axis=1), axis=0) if len(h) else \
-            np.zeros((0, 2), dtype=np.uint64)
-        keys, first, df = np.unique(rows[:, 0], return_index=True, return_counts=True)
-        return cls(rows, keys, first, df)
+        hs, qs = _distinct_pairs(h, q)
+        keys, first, df = np.unique(hs, return_index=True, return_counts=True)  # hs is sorted: cheap
+        return cls(qs, keys, first, df)
 
     def questions(self, h: int) -> list[int]:
         i = int(np.searchsorted(self.keys, np.uint64(h)))
-        return [int(j) for j in self.rows[self.first[i]:self.first[i] + self.df[i], 1]]
+        return [int(j) for j in self.questions_of[self.first[i]:self.first[i] + self.df[i]]]
 
 
 @dataclass
@@ -215,7 +235,7 @@ class _Hits:
 
     def add(self, index: _Index, ids: np.ndarray, offsets: np.ndarray, k: int, base: int) -> None:
         h, q, s = _ngram_hashes(ids, offsets, k)
-        hit = np.isin(h, index.keys)
+        hit = _member(index.keys, h)
         self.h.append(h[hit])
         self.q.append(q[hit] + base)
         self.s.append(s[hit])
@@ -276,8 +296,7 @@ def _template(report: Report, train_rows: Sequence[Mapping[str, Any]], short: _I
     training corpus (global token positions, sorted)."""
     if not len(h):
         return np.zeros(0, np.int64)
-    uq = np.unique(np.stack([h, q.astype(np.uint64)], axis=1), axis=0)
-    keys, t_df = np.unique(uq[:, 0], return_counts=True)
+    keys, t_df = np.unique(_distinct_pairs(h, q)[0], return_counts=True)
     total = short.df[np.searchsorted(short.keys, keys)] + t_df
     template = keys[total >= report.template_min_questions]
     report.template_ngrams = int(len(template))
@@ -287,7 +306,7 @@ def _template(report: Report, train_rows: Sequence[Mapping[str, Any]], short: _I
         at = int(np.flatnonzero(h == keys[i])[0])
         report.template_examples.append({"questions": int(total[i]),
                                          "ngram": " ".join(row_tokens(train_rows[int(q[at])])[s[at]:s[at] + m])})
-    is_t = np.isin(h, template)
+    is_t = _member(template, h)
     return np.sort(starts[q[is_t]] + s[is_t])
 
 
