@@ -179,6 +179,10 @@ def test_prepare_quarantines_before_anything_is_generated(tmp_path: Path) -> Non
     pairs = pq.read_table(out / PAIRS_FILE).to_pylist()
     assert {(p["train_id"], p["eval_id"], p["kind"]) for p in pairs} == {
         ("tr/exact", "ev/exact", "exact"), ("tr/mc", "ev/mc", "exact"), ("tr/near", "ev/long", "ngram")}
+    again = tmp_path / "again"  # same inputs, same bytes (no timings in the artifact)
+    prepare_questions(specs, "train", again, eval_questions=evals, contamination=SPEC)
+    for name in (REPORT_FILE, PAIRS_FILE, "questions.parquet", "quarantine.parquet", "counts.json"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
     with pytest.raises(ValueError, match="go together"):
         prepare_questions(specs, "train", out, eval_questions=evals)
 

@@ -364,8 +364,9 @@ def decontaminate(train_rows: Sequence[Row], eval_rows: Sequence[Mapping[str, An
 
 
 def write_report(report: Report, train_rows: Sequence[Mapping[str, Any]], spec: ContaminationSpec,
-                 out_dir: Path, seconds: float) -> dict[str, Any]:
-    """`contamination.parquet` (one row per pair) and `contamination.json` (settings and counts)."""
+                 out_dir: Path) -> dict[str, Any]:
+    """`contamination.parquet` (one row per pair) and `contamination.json` (settings and counts; no
+    timings, so that the same inputs give the same bytes)."""
     write_parquet([asdict(p) for p in report.pairs], out_dir / PAIRS_FILE, schema=PAIR_SCHEMA)
     kinds: dict[str, int] = defaultdict(int)
     for p in report.pairs:
@@ -378,7 +379,7 @@ def write_report(report: Report, train_rows: Sequence[Mapping[str, Any]], spec: 
         "train_flagged": len(report.flagged_train_ids),
         "train_quarantined": len(report.flagged_train_ids) if spec.quarantine else 0,
         "template_ngrams": report.template_ngrams, "template_examples": report.template_examples,
-        "datasets": report.per_dataset(train_rows, spec.quarantine), "seconds": round(seconds, 3),
+        "datasets": report.per_dataset(train_rows, spec.quarantine),
     }
     atomic_write_text(out_dir / REPORT_FILE, json.dumps(summary, indent=1, sort_keys=True))
     return summary

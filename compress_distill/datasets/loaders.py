@@ -248,7 +248,7 @@ def prepare_questions(datasets: Mapping[str, DatasetSpec | Mapping[str, Any]], s
         checked = good
         good, removed, report = decontaminate(checked, eval_questions, contamination)
         bad.extend(removed)
-        summary = write_report(report, checked, contamination, out, time.perf_counter() - t0)
+        summary = write_report(report, checked, contamination, out)
         for name in per:
             c = summary["datasets"].get(name, {})
             per[name]["contaminated"] = c.get("train_flagged", 0)  # flagged, removed or not
@@ -257,7 +257,7 @@ def prepare_questions(datasets: Mapping[str, DatasetSpec | Mapping[str, Any]], s
                 per[name]["quarantined"] += c["train_quarantined"]
                 per[name]["reasons"] = dict(sorted({**per[name]["reasons"], REASON: c["train_quarantined"]}.items()))
         log.info("contamination: %d pair(s), %d training question(s) flagged, %d removed (%.1f s)",
-                 summary["pairs"], summary["train_flagged"], summary["train_quarantined"], summary["seconds"])
+                 summary["pairs"], summary["train_flagged"], summary["train_quarantined"], time.perf_counter() - t0)
     write_parquet(good, out / "questions.parquet", schema=QUESTION_SCHEMA)
     write_parquet(bad, out / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
     stats = {"split_kind": split_kind, "questions": len(good), "quarantined": len(bad),
