@@ -259,6 +259,21 @@ class DatasetSpec(Strict):
         return self.limit
 
 
+class ContaminationSpec(Strict):
+    """The contamination check of the training pool against the evaluation questions (prepare stage;
+    datasets/contamination.py says what is compared and how). Part of the train pool's key."""
+
+    # Remove every flagged training question before generation (it goes to the pool's
+    # quarantine.parquet, reason `contaminated`); false: report the pairs, train on everything.
+    quarantine: bool = True
+    # Shared run of this many normalised tokens = near-duplicate (GPT-3's and lm-eval's 13). Below 8,
+    # common phrases collide; above 50, paraphrased copies slip through.
+    ngram: int = Field(13, ge=8, le=50)
+    # An n-gram in at least this many distinct questions (training and evaluation together) is a
+    # benchmark's template text, never evidence of a leak; the report counts and lists them.
+    template_min_questions: int = Field(10, ge=2)
+
+
 class EvaluationSpec(Strict):
     max_tokens: int = Field(8192, ge=1)
     temperature: float = Field(0.0, ge=0)
@@ -493,6 +508,7 @@ class StudyConfig(Strict):
     data_sources: dict[str, DataSourceSpec]
     datasets: dict[str, DatasetSpec]
     evaluation: EvaluationSpec
+    contamination: ContaminationSpec = ContaminationSpec()
     judge: JudgeSpec | None = None
     cluster: ClusterProfile = ClusterProfile()
     grid: list[GridBlock]

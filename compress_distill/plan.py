@@ -303,8 +303,12 @@ def build_plan(cfg: StudyConfig) -> Plan:
                     tuple(d for dep in b.after for d in built(dep)), JobSpec("train", 0), refs={"model": ref})
         return (add(node),)
 
-    pool = add(Node("prepare", "train-pool", {"datasets": train_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
     suite = add(Node("prepare", "eval-suite", {"datasets": eval_sets, "seed": cfg.seed}, (), JobSpec("cpu")))
+    # The pool is checked against the suite's questions (and, by default, cleaned of matches) before
+    # any teacher sees it: the check's settings and the suite's key are part of the pool's key.
+    pool = add(Node("prepare", "train-pool", {"datasets": train_sets, "seed": cfg.seed,
+                                              "contamination": cfg.contamination.model_dump()},
+                    (suite,), JobSpec("cpu")))
 
     teachers = sorted({c.teacher for c in cells}, key=list(cfg.teachers).index)
     sources_by_teacher: dict[str, list[str]] = {t: [] for t in teachers}

@@ -108,14 +108,14 @@ def test_two_concurrent_runs_execute_a_step_once(tmp_path: Path, monkeypatch: py
     store = ArtifactStore(tmp_path)
     ctx = RunContext(plan, store, snapshot_config(plan, store))
     outcomes = []
-    threads = [threading.Thread(target=lambda: outcomes.append(run_node(ctx, "prepare/train-pool")))
+    threads = [threading.Thread(target=lambda: outcomes.append(run_node(ctx, "prepare/eval-suite")))
                for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sorted(o.cached for o in outcomes) == [False, True]
-    assert store.is_done("prepare", "train-pool", plan.keys["prepare/train-pool"])
+    assert store.is_done("prepare", "eval-suite", plan.keys["prepare/eval-suite"])
 
 
 def test_breaking_a_stale_lease_never_removes_a_fresh_one(tmp_path: Path) -> None:

@@ -19,14 +19,16 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow.parquet as pq
 
-from ..config import DatasetSpec
+from ..config import ContaminationSpec, DatasetSpec
 from ..store import write_parquet
+from .contamination import REASON, decontaminate, write_report
 from .registry import DatasetEntry, lookup, mmlu_subjects, norm_generic
 from .schema import (
     QUARANTINE_SCHEMA,
@@ -192,12 +194,18 @@ def load_dataset_rows(name: str, spec: DatasetSpec, split: str, seed: int = 0) -
 # --------------------------------------------------------------------------- prepare step
 
 def prepare_questions(datasets: Mapping[str, DatasetSpec | Mapping[str, Any]], split_kind: Literal["train", "eval"],
-                      out_dir: str | Path, seed: int = 0) -> dict[str, Any]:
+                      out_dir: str | Path, seed: int = 0, eval_questions: Sequence[Mapping[str, Any]] | None = None,
+                      contamination: ContaminationSpec | None = None) -> dict[str, Any]:
     """Write `questions.parquet`, `quarantine.parquet` and `counts.json` for one split kind.
 
     `datasets` maps names to DatasetSpec (or their dumps, as a plan node's params hold them).
     Datasets without a split of this kind are listed under `skipped`. Returns the counts.
+    With `eval_questions` and `contamination` (the train pool), the good rows are checked against
+    the evaluation questions: `contamination.parquet` and `.json` list the pairs, and with
+    `quarantine` on the flagged rows move to the quarantine table (reason `contaminated`).
     """
+    if (eval_questions is None) != (contamination is None):
+        raise ValueError("prepare_questions: eval_questions and contamination go together")
     if split_kind not in ("train", "eval"):
         raise ValueError(f"split_kind must be 'train' or 'eval', not {split_kind!r}")
     specs = {k: v if isinstance(v, DatasetSpec) else DatasetSpec.model_validate(v) for k, v in datasets.items()}
@@ -234,10 +242,29 @@ def prepare_questions(datasets: Mapping[str, DatasetSpec | Mapping[str, Any]], s
         if rejected:
             log.warning("dataset %s/%s: %d of %d rows quarantined %s", name, split, len(rejected), len(rows),
                         per[name]["reasons"])
+    summary = None
+    if contamination is not None and eval_questions is not None:
+        t0 = time.perf_counter()
+        checked = good
+        good, removed, report = decontaminate(checked, eval_questions, contamination)
+        bad.extend(removed)
+        summary = write_report(report, checked, contamination, out)
+        for name in per:
+            c = summary["datasets"].get(name, {})
+            per[name]["contaminated"] = c.get("train_flagged", 0)  # flagged, removed or not
+            if c.get("train_quarantined"):
+                per[name]["good"] -= c["train_quarantined"]
+                per[name]["quarantined"] += c["train_quarantined"]
+                per[name]["reasons"] = dict(sorted({**per[name]["reasons"], REASON: c["train_quarantined"]}.items()))
+        log.info("contamination: %d pair(s), %d training question(s) flagged, %d removed (%.1f s)",
+                 summary["pairs"], summary["train_flagged"], summary["train_quarantined"], time.perf_counter() - t0)
     write_parquet(good, out / "questions.parquet", schema=QUESTION_SCHEMA)
     write_parquet(bad, out / "quarantine.parquet", schema=QUARANTINE_SCHEMA)
     stats = {"split_kind": split_kind, "questions": len(good), "quarantined": len(bad),
              "reasons": reason_counts(bad), "datasets": per, "skipped": skipped}
+    if summary is not None:
+        stats["contamination"] = {k: summary[k] for k in ("pairs", "pairs_by_kind", "train_flagged",
+                                                          "train_quarantined", "ngram", "quarantine")}
     tmp = out / ".counts.json.tmp"
     tmp.write_text(json.dumps(stats, indent=1, sort_keys=True))
     tmp.replace(out / "counts.json")

@@ -73,6 +73,7 @@ REASONS = (
     "answer_out_of_range",  # letter beyond the number of choices
     "duplicate_id",
     "bad_answer_type",
+    "contaminated",         # matches an evaluation question (datasets.contamination); training pool only
 )
 
 

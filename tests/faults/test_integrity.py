@@ -44,7 +44,7 @@ def _ran(tmp_path: Path) -> tuple[Plan, ArtifactStore, RunContext]:
     plan = build_plan(load_config(CONFIGS / "mini-ci.yaml"))
     store = ArtifactStore(tmp_path / "store")
     ctx = RunContext(plan, store, snapshot_config(plan, store))
-    for nid in plan.nodes["generate/mini-teacher"].deps:
+    for nid in ("prepare/eval-suite", *plan.nodes["generate/mini-teacher"].deps):  # the pool needs the suite
         run_node(ctx, nid)
     return plan, store, ctx
 
