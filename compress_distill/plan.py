@@ -377,8 +377,9 @@ def build_plan(cfg: StudyConfig) -> Plan:
              "engine": engine(cfg, ev.serve), "seed": c.seed},
             (tr, suite), JobSpec("eval", ev.serve.gpus), c,
         )))
-    # The report reads loss curves and training times too, so train nodes are its inputs as well.
-    add(Node("report", "study", {}, tuple(upstream_leaves + trains + evals), JobSpec("cpu")))
+    # The report reads loss curves and training times too, so train nodes are its inputs as well;
+    # the train pool gives Table 1 its contamination counts.
+    add(Node("report", "study", {}, tuple([pool] + upstream_leaves + trains + evals), JobSpec("cpu")))
 
     plan = Plan(cfg, cells, topological(nodes))
     for nid in plan.nodes:  # deps first: a node's identity holds its upstream keys

@@ -253,3 +253,18 @@ def test_full_vs_lora_is_an_observation_not_a_finding() -> None:
     from compress_distill.report.findings import observations
     obs = observations(d)
     assert len(obs) == 1 and obs[0].startswith("Full vs LoRA: Tiny/Full/Raw 0.900 vs Tiny/LoRA/Raw 0.500: diff +0.400")
+
+
+def test_table1_counts_what_the_contamination_check_matched() -> None:
+    from dataclasses import replace
+
+    from compress_distill.report.tables import table1
+
+    inputs = grid({("tiny", "full", "raw"): [first_k(380, N)]})
+    assert "Matched in training" not in table1(build_data(inputs)).columns  # no check: no column
+    checked = replace(inputs, datasets=[{**DATASETS[0], "eval_matched": 3}],
+                      contamination={"par": {"train_flagged": 4, "train_quarantined": 4, "eval_matched": 3},
+                                     "add": {"train_flagged": 0, "train_quarantined": 0, "eval_matched": 0}})
+    t = table1(build_data(checked))
+    assert t.columns[-1] == "Matched in training" and t.rows[0][-1] == "3"
+    assert any("by training dataset: par 4; 4 quarantined" in n for n in t.notes)

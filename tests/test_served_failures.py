@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from compress_distill.config import parse_config
 from compress_distill.generation.fake_server import FakeServer, Reply, SeenRequest, completion
 from compress_distill.generation.sharded import FAILED_FILE, TooManyFailedRequests, check_failures, unanswered
 from compress_distill.generation.shards import ShardWriter, scan
+from compress_distill.miniworld.recipes import resolve_model
 from compress_distill.plan import build_plan
 from compress_distill.stages import StageContext, StageResult
 from compress_distill.stages.compress import run as compress_run
@@ -54,6 +56,8 @@ def _ctx(tmp_path: Path, stage: str, edit: Callable[[dict[str, Any]], None] = la
             write_parquet([{**q, "response": f"<think>{q['question']} It is {q['answer']}.</think> "
                                              f"The answer is {q['answer']}."} for q in questions],
                           path / "traces.parquet")
+        elif dep.startswith("train/"):  # a trained student: evaluate counts reasoning tokens with its tokenizer
+            shutil.copytree(resolve_model("mini:student-tiny"), path / "model")
     out, work = tmp_path / "out", tmp_path / "work"
     out.mkdir()
     work.mkdir(exist_ok=True)

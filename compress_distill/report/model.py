@@ -85,6 +85,8 @@ class ReportInputs:
     eval_metrics: Rows = None
     eval_records: Rows = None
     datasets: Rows = None
+    # the train pool's contamination check, per training dataset: train_flagged, train_quarantined
+    contamination: dict[str, dict[str, int]] | None = None
     training: Rows = None
     loss_curves: Rows = None
     generation_yield: Rows = None

@@ -51,15 +51,24 @@ def table1(d: ReportData) -> TableBlock:
     for seeds in d.records.values():
         for r in seeds[0].values():
             counts[str(r.get("dataset"))].add(str(r.get("id")))
+    checked = d.inputs.contamination is not None
     t = TableBlock("table1", title, ["Group", "Dataset", "Source", "Answer type", "Eval questions", "Chance",
-                                     "How chance is derived"])
+                                     "How chance is derived"] + (["Matched in training"] if checked else []))
     for r in d.datasets:
         ds = str(r["dataset"])
         n = len(counts[ds]) if ds in counts else None
         chance = num(r.get("chance"))
         t.rows.append([str(r.get("group") or NA), ds, str(r.get("source") or NA), str(r.get("answer_type") or NA),
                        f_int(n), f_num(chance) if chance is not None else "unknown",
-                       str(r.get("chance_basis") or NA)])
+                       str(r.get("chance_basis") or NA)] + ([f_int(r.get("eval_matched", 0))] if checked else []))
+    if d.inputs.contamination is not None:
+        flagged = {k: v for k, v in sorted(d.inputs.contamination.items()) if v.get("train_flagged")}
+        quarantined = sum(v.get("train_quarantined", 0) for v in flagged.values())
+        per = ", ".join(f"{k} {v['train_flagged']}" for k, v in flagged.items()) or "none"
+        t.notes.append("Matched in training: evaluation questions the contamination check (prepare/train-pool, "
+                       "exact after normalisation or a shared long n-gram; README) paired with a training question. "
+                       f"Training questions flagged, by training dataset: {per}; {quarantined} quarantined "
+                       "(removed before generation).")
     t.notes.append("Chance: the accuracy of a guesser who knows the answer format. A cell's chance is the "
                    "question-weighted mean over its datasets; a cell within "
                    f"{CHANCE_SES:g} SE (binomial, at the chance level) of it is marked 'at chance', more than "

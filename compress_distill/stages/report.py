@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from ..config import StudyConfig
 from ..datasets.chance import dataset_chance
+from ..datasets.contamination import contamination_counts
 from ..jobcost import node_job_cost
 from ..plan import Cell, expand_cells
 from ..report.build import ReportInputs, write_report
@@ -67,7 +68,10 @@ def run(ctx: StageContext) -> StageResult:
     judge = [r for p in paths.get("judge", {}).values() for r in pq.read_table(p / "verdicts.parquet").to_pylist()]
     labels = {k: v.label for group in (cfg.teachers, cfg.compressors, cfg.students, cfg.methods, cfg.data_sources)
               for k, v in group.items()}
-    inputs = ReportInputs(cells=cells, eval_metrics=metrics, eval_records=records, datasets=dataset_rows(cfg),
+    pool = paths.get("prepare", {}).get("train-pool")
+    found = contamination_counts(pool) if pool is not None else None  # per dataset, train and eval side
+    inputs = ReportInputs(cells=cells, eval_metrics=metrics, eval_records=records, datasets=dataset_rows(cfg, found),
+                          contamination=found,
                           training=training, loss_curves=losses,
                           generation_yield=yield_rows, compression=compression, judge=judge or None, jobs=jobs,
                           groups=list(cfg.evaluation.groups), labels=labels,
@@ -77,8 +81,9 @@ def run(ctx: StageContext) -> StageResult:
     return StageResult({}, {"cells": len(cells), "files": [str(f.relative_to(ctx.out)) for f in files]})
 
 
-def dataset_rows(cfg: StudyConfig) -> list[dict[str, Any]]:
-    """Table 1: each evaluated dataset with its group and chance level (`datasets.chance`)."""
+def dataset_rows(cfg: StudyConfig, found: dict[str, dict[str, int]] | None) -> list[dict[str, Any]]:
+    """Table 1: each evaluated dataset with its group and chance level (`datasets.chance`), and how
+    many of its questions the contamination check matched in the training pool."""
     out = []
     for group, names in cfg.evaluation.groups.items():
         for ds in names:
@@ -86,8 +91,11 @@ def dataset_rows(cfg: StudyConfig) -> list[dict[str, Any]]:
             if spec is None:
                 continue
             ch = dataset_chance(ds, spec.source, spec.answer_type, spec.subset)
-            out.append({"dataset": ds, "group": group, "source": spec.source, "answer_type": spec.answer_type,
-                        "chance": ch.level, "chance_basis": ch.basis})
+            row: dict[str, Any] = {"dataset": ds, "group": group, "source": spec.source,
+                                   "answer_type": spec.answer_type, "chance": ch.level, "chance_basis": ch.basis}
+            if found is not None:  # a dataset the check found nothing in is absent from its counts
+                row["eval_matched"] = found.get(ds, {}).get("eval_matched", 0)
+            out.append(row)
     return out
 
 
