@@ -14,12 +14,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ..config import StudyConfig
+from ..config import StudyConfig, parse_config
 from ..datasets.chance import dataset_chance
 from ..datasets.contamination import contamination_counts
 from ..jobcost import node_job_cost
-from ..plan import Cell, expand_cells
+from ..plan import Cell, build_plan, expand_cells
 from ..report.build import ReportInputs, write_report
+from ..report.model import rows_of
+from ..store import ArtifactStore
 from . import StageContext, StageResult
 
 # The per-question columns the report reads (responses left out); those a record lacks are skipped.
@@ -28,10 +30,19 @@ RECORD_COLUMNS = ("id", "dataset", "group", "correct", "failed", "truncated", "c
 
 
 def run(ctx: StageContext) -> StageResult:
-    cfg = ctx.config
+    inputs = report_inputs(ctx.config, ctx.inputs)
+    files = write_report(inputs, ctx.out)
+    return StageResult({}, {"cells": len(rows_of(inputs.cells)),
+                            "files": [str(f.relative_to(ctx.out)) for f in files]})
+
+
+def report_inputs(cfg: StudyConfig, inputs: Mapping[str, Path]) -> ReportInputs:
+    """The report's inputs read from committed artifacts: `inputs` maps node id -> artifact dir
+    (the report node's deps; or those of them a store holds). The report stage and
+    `compress-distill ledger` both read a store through this function."""
     cell_of = {c.name: c for c in expand_cells(cfg)}
     paths: dict[str, dict[str, Path]] = {}
-    for nid, path in ctx.inputs.items():
+    for nid, path in inputs.items():
         stage, name = nid.split("/", 1)
         paths.setdefault(stage, {})[name] = path
     cells: list[dict[str, Any]] = []
@@ -56,12 +67,16 @@ def run(ctx: StageContext) -> StageResult:
         training.append({"cell": name, "gpus": cell_of[name].gpus,
                          **json.loads((path / "train_result.json").read_text())})
         losses.extend({"cell": name, **r} for r in pq.read_table(path / "loss.parquet").to_pylist())
-    upstream = _upstream(ctx.inputs)  # the generate and build jobs are no input of the report, yet cost
+    upstream = _upstream(inputs)  # the generate and build jobs are no input of the report, yet cost
+    feeds = _feeds(upstream)
     for stage in ("build", "generate", "compress", "judge", "train", "evaluate"):
         for nid, path in sorted(upstream.items()):
             if nid.split("/", 1)[0] == stage and (path / "manifest.json").is_file():
                 name = nid.split("/", 1)[1]
-                jobs.append(_job(stage, name, path, cell_of.get(name)))
+                row = _job(stage, name, path, cell_of.get(name))
+                if stage in ("generate", "compress"):  # the ledger's shares (report/ledger.py)
+                    row["feeds"] = sorted(feeds.get(nid, ()))
+                jobs.append(row)
     yield_rows = [r for p in paths.get("verify", {}).values() for r in pq.read_table(p / "yield.parquet").to_pylist()]
     compression = [r for p in paths.get("compress", {}).values()
                    for r in pq.read_table(p / "compressed.parquet").to_pylist()]
@@ -70,15 +85,53 @@ def run(ctx: StageContext) -> StageResult:
               for k, v in group.items()}
     pool = paths.get("prepare", {}).get("train-pool")
     found = contamination_counts(pool) if pool is not None else None  # per dataset, train and eval side
-    inputs = ReportInputs(cells=cells, eval_metrics=metrics, eval_records=records, datasets=dataset_rows(cfg, found),
-                          contamination=found,
-                          training=training, loss_curves=losses,
-                          generation_yield=yield_rows, compression=compression, judge=judge or None, jobs=jobs,
-                          groups=list(cfg.evaluation.groups), labels=labels,
-                          title=f"Compress-Distill reproduction: {cfg.name}",
-                          run_info={"config": cfg.name})
-    files = write_report(inputs, ctx.out)
-    return StageResult({}, {"cells": len(cells), "files": [str(f.relative_to(ctx.out)) for f in files]})
+    return ReportInputs(cells=cells, eval_metrics=metrics, eval_records=records, datasets=dataset_rows(cfg, found),
+                        contamination=found, training=training, loss_curves=losses,
+                        generation_yield=yield_rows, compression=compression, judge=judge or None, jobs=jobs,
+                        groups=list(cfg.evaluation.groups), labels=labels,
+                        title=f"Compress-Distill reproduction: {cfg.name}", run_info={"config": cfg.name})
+
+
+class NoLedger(ValueError):
+    """The store holds nothing the ledger can be read from (no report, no evaluated cell)."""
+
+
+def store_report_inputs(store: ArtifactStore, cfg: StudyConfig | None = None) -> ReportInputs:
+    """The report's inputs read from a store, for `compress-distill ledger`.
+
+    Without `cfg`: the store's newest committed report node; its manifest names its inputs (node id
+    -> key) and the store's config snapshot of that key (`runner.snapshot_config`) is its config.
+    With `cfg`: the inputs of that study's report node the store holds, so a study whose report was
+    not run yet (some cells evaluated) has a ledger too. Raises NoLedger with what to do."""
+    if cfg is None:
+        found = []
+        for stage, _, path in store.committed():
+            if stage == "report":
+                m = json.loads((path / "manifest.json").read_text())
+                found.append((float(m.get("finished_at") or 0), path, m))
+        if not found:
+            raise NoLedger(f"no committed report in the store {store.root}; run `compress-distill report CONFIG`, "
+                           "or give --config CONFIG to read the cells the store holds")
+        _, path, m = max(found, key=lambda f: f[0])
+        snaps = sorted((store.root / ".configs").glob(f"*-{m['key']}.json"))
+        if not snaps:
+            raise NoLedger(f"{store.rel(path)}: the store has no config snapshot of this report "
+                           f"(.configs/*-{m['key']}.json); give --config CONFIG")
+        cfg = parse_config(json.loads(snaps[0].read_text()), snaps[0])
+        wanted = dict(m.get("identity", {}).get("upstream") or {})
+    else:
+        plan = build_plan(cfg)
+        rid = next(n for n in plan.nodes if plan.nodes[n].stage == "report")
+        wanted = {dep: plan.keys[dep] for dep in plan.nodes[rid].deps}
+    inputs = {}
+    for nid, key in wanted.items():
+        stage, name = nid.split("/", 1)
+        if store.is_done(stage, name, key):  # a study not run to the end: the cells it has
+            inputs[nid] = store.path(stage, name, key)
+    if not any(nid.startswith("evaluate/") for nid in inputs):
+        raise NoLedger(f"the store {store.root} holds no evaluated cell of the study {cfg.name!r}; "
+                       f"run `compress-distill run CONFIG` first")
+    return report_inputs(cfg, inputs)
 
 
 def dataset_rows(cfg: StudyConfig, found: dict[str, dict[str, int]] | None) -> list[dict[str, Any]]:
@@ -116,6 +169,32 @@ def _upstream(inputs: Mapping[str, Path]) -> dict[str, Path]:
                 seen[nid] = path.parent.parent / stage / f"{name}-{key}"  # store.path(stage, name, key)
                 todo.append((nid, seen[nid]))
     return seen
+
+
+def _feeds(nodes: Mapping[str, Path]) -> dict[str, set[str]]:
+    """Node id -> the cells (runs) trained downstream of it: the train nodes whose upstream closure,
+    followed through the manifests, holds it. The ledger splits a generate or compress job's cost
+    over these cells."""
+    deps: dict[str, list[str]] = {}
+    for nid, path in nodes.items():
+        try:
+            ups = json.loads((path / "manifest.json").read_text()).get("identity", {}).get("upstream") or {}
+        except (OSError, ValueError):
+            ups = {}
+        deps[nid] = list(ups)
+    out: dict[str, set[str]] = {}
+    for nid in nodes:
+        if not nid.startswith("train/"):
+            continue
+        cell, todo, seen = nid.split("/", 1)[1], list(deps[nid]), set()
+        while todo:
+            up = todo.pop()
+            if up in seen:
+                continue
+            seen.add(up)
+            out.setdefault(up, set()).add(cell)
+            todo += deps.get(up, [])
+    return out
 
 
 def _job(stage: str, name: str, path: Path, cell: Cell | None) -> dict[str, Any]:
