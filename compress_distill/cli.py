@@ -264,6 +264,36 @@ def report(config: ConfigArg, store: StoreOpt = None,
     console.print(f"report ({'cached' if outcome.cached else 'written'}): {path / 'report.md'}", highlight=False)
 
 
+@app.command()
+def ledger(
+    store: Annotated[Path, typer.Argument(help="artifact store root")],
+    config: Annotated[Path | None, typer.Option("--config", help="read this study's cells from the store (default: "
+                                                                  "the store's newest committed report)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the ledger as JSON")] = False,
+) -> None:
+    """Print the cost ledger: each cell's accuracy joined to its measured cost (train, evaluate, and
+    its share of generation and compression; GPU-hours, CPU core-hours, energy and CO2)."""
+    from .report.build import build_data, render_table
+    from .report.ledger import build_ledger, ledger_table
+    from .stages.report import NoLedger, store_report_inputs
+
+    st = ArtifactStore(store)
+    if not st.root.is_dir():
+        _error(f"no artifact store at {st.root}")
+        raise typer.Exit(2)
+    try:
+        d = build_data(store_report_inputs(st, _load(config) if config else None))
+    except (NoLedger, ConfigError) as err:
+        _error(str(err))
+        raise typer.Exit(2) from None
+    lg = build_ledger(d)
+    if not lg.evaluated:
+        _error(f"the store {st.root} holds no evaluated cell with an accuracy")
+        raise typer.Exit(2)
+    text = json.dumps(lg.to_json(), indent=2) if as_json else render_table(ledger_table(d, lg))
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 @app.command("build-models")
 def build_models_cmd(
     names: Annotated[list[str] | None, typer.Argument(help="subset: teacher, compressor-mild, compressor-aggressive, "

@@ -14,5 +14,5 @@ CODE_VERSIONS: dict[str, str] = {
     "derive": "1",
     "train": "1",
     "evaluate": "2",  # 2: each request seeded from the run's seed and the question id (was: 0); reasoning_tokens
-    "report": "2",  # 2: cells with several seeds (pooled, SD over seeds), per-run records; findings with paired CIs; measured cost
+    "report": "3",  # 2: cells with several seeds (pooled, SD over seeds), per-run records; findings with paired CIs; measured cost; 3: cost ledger (Table 12), Pareto on ledger totals
 }

@@ -20,8 +20,8 @@ from compress_distill.backends.local import LocalBackend
 from compress_distill.cluster import accounting as acc
 from compress_distill.jobcost import CPU, GPU, NO_GPU, UNKNOWN, EnergyModel, JobCost, node_job_cost
 from compress_distill.report.build import ReportInputs, build_data
-from compress_distill.report.cost import train_cost_axis
 from compress_distill.report.figures import loss_figure, pareto_figure
+from compress_distill.report.ledger import cost_axes
 from compress_distill.report.tables import table11, table11b
 from compress_distill.stages.report import _job
 
@@ -190,25 +190,32 @@ def test_gpu_run_table11_has_gpu_hours_energy_and_co2() -> None:
 
 
 def test_pareto_axis_names_its_unit_and_plots_the_measured_cost() -> None:
-    cpu = build_data(report_inputs([0, 0, 0]))
-    axis = train_cost_axis(cpu)
-    assert axis.unit == "CPU core-hours" and axis.values["t.s.full.ans"] == pytest.approx(80 / 3600)
+    """The figure's cost axes are the ledger's totals (train job + share of generation), one per resource."""
+    inputs = report_inputs([0, 0, 0])
+    inputs.jobs[-1]["feeds"] = [c["cell"] for c in inputs.cells]  # the generate job: all three cells' traces
+    cpu = build_data(inputs)
+    (axis,) = cost_axes(cpu)
+    share = 2 * 120 / 3600 / 3
+    assert axis.unit == "CPU core-hours" and axis.values["t.s.full.ans"] == pytest.approx(80 / 3600 + share)
     assert axis.values["t.s.full.ans"] < axis.values["t.s.full.raw"]  # answer-only is the cheapest, as measured
     fig = pareto_figure(cpu)
-    assert fig is not None and "CPU core-hours" in fig.axes[1].get_xlabel()
-    assert "GPU" not in fig.axes[1].get_xlabel().replace("no GPU used", "")
+    assert fig is not None and "CPU core-hours" in fig.axes[1].get_xlabel() and len(fig.axes) == 2
+    assert "GPU" not in fig.axes[1].get_xlabel()
     gpu = build_data(report_inputs([2, 2, 2]))
-    assert train_cost_axis(gpu).unit == "GPU-hours"
+    assert [a.unit for a in cost_axes(gpu)] == ["GPU-hours"]
     gfig = pareto_figure(gpu)
     assert gfig is not None and "GPU-hours" in gfig.axes[1].get_xlabel()
-    mixed = train_cost_axis(build_data(report_inputs([2, 0, 2])))
-    assert mixed.unit == "GPU-hours" and mixed.left_out == ["t.s.full.comp"] and "left out" in mixed.label
+    # mixed resources: never on one axis; one panel per resource
+    mixed = cost_axes(build_data(report_inputs([2, 0, 2])))
+    assert [a.unit for a in mixed] == ["GPU-hours", "CPU core-hours"]
+    assert set(mixed[0].values) == {"t.s.full.raw", "t.s.full.ans"} and set(mixed[1].values) == {"t.s.full.comp"}
+    assert len(pareto_figure(build_data(report_inputs([2, 0, 2]))).axes) == 3  # type: ignore[union-attr]
 
 
 def test_pareto_without_job_accounting_says_so() -> None:
     inputs = report_inputs([0, 0, 0])
     inputs.jobs = None
-    axis = train_cost_axis(build_data(inputs))
+    (axis,) = cost_axes(build_data(inputs))
     assert axis.unit == "hours" and "no job accounting" in axis.label
 
 

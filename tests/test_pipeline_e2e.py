@@ -77,6 +77,18 @@ def test_mini_ci_grid_runs_end_to_end(tmp_path: Path) -> None:
     assert rep.returncode == 0 and "cached" in rep.stdout, rep.stderr[-2000:]
     assert (tmp_path / "rep" / "report.md").read_text() == md
 
+    # The cost ledger of the same store: every cell, the report's Table 12, shares adding up to the jobs.
+    assert "Table 12. Cost ledger" in md
+    led = subprocess.run([sys.executable, "-m", "compress_distill.cli", "ledger", str(store), "--json"],
+                         capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert led.returncode == 0, led.stderr[-2000:]
+    doc = json.loads(led.stdout)
+    assert len(doc["cells"]) == n_cells
+    for stage in ("generate", "compress"):
+        shares = sum(c["cost"][stage]["cpu_core_hours"] or 0.0 for c in doc["cells"])
+        left = doc["unapportioned"].get(stage, {}).get("cpu_core_hours") or 0.0
+        assert shares + left == pytest.approx(doc["jobs_by_stage"][stage]["cpu_core_hours"])
+
 
 def undocumented_parquet(store: Path, readme: str) -> list[str]:
     """`stage/file.parquet[:column]` for every published table or column the README does not describe."""

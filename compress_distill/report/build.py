@@ -2,7 +2,8 @@
 `figures/*.png` from MEASURED data.
 
 Contents: the paper's directional findings judged from the data (`findings`), Tables
-2-11 (`tables`) and Figures 2-4 plus an accuracy-cost Pareto view (`figures`). The
+1-11 (`tables`), the cost ledger (Table 12, `ledger`) and Figures 2-4 plus an accuracy-cost
+Pareto view on the ledger's totals (`figures`). The
 input contract, `ReportInputs`, is documented column by column in `model`; it is
 re-exported here. The HTML is self-contained (inline CSS, figures embedded as data URIs);
 the Markdown links the PNGs next to it.
@@ -30,7 +31,7 @@ from .model import (
 )
 from .tables import ALL_TABLES
 
-__all__ = ["ReportInputs", "build_data", "render_markdown", "render_html", "write_report"]
+__all__ = ["ReportInputs", "build_data", "render_markdown", "render_html", "render_table", "write_report"]
 
 CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2rem auto;
@@ -69,6 +70,11 @@ def _md_table(t: TableBlock) -> list[str]:
     out.append("")
     out += [f"_{n}_  " for n in t.notes]
     return out + [""]
+
+
+def render_table(t: TableBlock) -> str:
+    """One table as Markdown text (the CLI prints the ledger this way)."""
+    return "\n".join(_md_table(t))
 
 
 def _md_finding(f: Finding) -> list[str]:

@@ -6,9 +6,10 @@
   log-scale loss axis, each curve's final loss marked and listed in the panel.
 - fig4_acc_vs_length.png: overall accuracy against median reasoning length; marker = data source,
   colour = student, hollow = LoRA (paper Fig. 4).
-- fig5_pareto.png: accuracy against inference cost (avg completion tokens) and training cost
-  (the train job's measured cost: GPU-hours for GPU jobs, CPU core-hours for CPU-only jobs;
-  report/cost.py), with the Pareto front highlighted.
+- fig5_pareto.png: accuracy against inference cost (avg completion tokens) and against each
+  cell's total measured cost from the cost ledger (train + evaluate + its share of generation and
+  compression; one panel per resource: GPU-hours, CPU core-hours; report/ledger.py), with the
+  Pareto front highlighted.
 
 Each figure function returns False (and writes nothing) when its data is missing.
 """
@@ -25,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
-from .cost import train_cost_axis
+from .ledger import cost_axes
 from .model import CellInfo, ReportData, num
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -261,15 +262,19 @@ def pareto_figure(d: ReportData) -> Figure | None:
     """The accuracy-cost figure (None without accuracies); `fig_pareto` writes it."""
     if not any(m.accuracy is not None for m in d.metrics.values()):
         return None
-    fig = _new(13, 5.4)
-    ax1, ax2 = fig.subplots(1, 2)
-    ok1 = _pareto_panel(ax1, d, lambda c: d.metrics[c.cell].avg_completion_tokens if c.cell in d.metrics else None,
-                        "avg. completion tokens per answer (inference cost)")
+    # One panel per resource of the ledger's totals (never GPU-hours and core-hours on one axis);
+    # a "not available" panel when no cell's total is measured in one resource.
+    axes = cost_axes(d)
+    fig = _new(6.5 * (1 + len(axes)), 5.4)
+    ax1, *rest = fig.subplots(1, 1 + len(axes))
+    ok = _pareto_panel(ax1, d, lambda c: d.metrics[c.cell].avg_completion_tokens if c.cell in d.metrics else None,
+                       "avg. completion tokens per answer (inference cost)")
     ax1.set_title("Accuracy vs. inference cost")
-    axis = train_cost_axis(d)  # the measured cost of each cell's train job, in one unit (report/cost.py)
-    ok2 = _pareto_panel(ax2, d, lambda c: axis.values.get(c.cell), axis.label)
-    ax2.set_title("Accuracy vs. training cost")
-    if not (ok1 or ok2):
+    for ax, axis in zip(rest, axes, strict=True):
+        ok |= _pareto_panel(ax, d, axis.at, axis.label)
+        ax.set_title("Accuracy vs. training time" if axis.unit == "hours" else
+                     f"Accuracy vs. total cost ({axis.unit or 'not available'})")
+    if not ok:
         return None
     fig.suptitle("Accuracy–cost trade-off (circled: Pareto front, higher accuracy at lower cost)",
                  fontweight="bold")
@@ -285,7 +290,8 @@ FIGURES: list[tuple[str, str, Callable[[ReportData, Path], bool]]] = [
     ("fig2_rho.png", "Fig. 2 — distribution of the compression ratio ρ and trace lengths", fig_rho),
     ("fig3_loss.png", "Fig. 3 — training loss curves per cell", fig_loss),
     ("fig4_acc_vs_length.png", "Fig. 4 — accuracy vs. median reasoning length", fig_acc_vs_length),
-    ("fig5_pareto.png", "Accuracy vs. inference and training cost, Pareto front", fig_pareto),
+    ("fig5_pareto.png", "Accuracy vs. inference cost and vs. each cell's total measured cost (Table 12), "
+                        "Pareto front", fig_pareto),
 ]
 
 

@@ -40,7 +40,8 @@ Expected columns (optional ones in brackets):
   unfaithful), answer_alignment (bool).
 - jobs: measured accounting, one row per job attempt (`accounting.JobUsage` plus the plan's
   stage and cell): stage, name, elapsed_s, gpus, [cell] (train jobs), [cpus], [job_id],
-  [source] ("sacct" | "local").
+  [source] ("sacct" | "local"), [feeds] (generate and compress jobs: the cells, or their seeds'
+  runs, trained downstream of the job; the cost ledger splits the job over them, ledger.py).
   GPU-hours = elapsed_s / 3600 x gpus.
 
 Scalars: groups (the config's evaluation group order), labels (config name -> display label

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..jobcost import CPU, GPU, NO_GPU, JobCost
 from .cost import costs_by_stage, energy_model, ran_on, summed, train_costs
+from .ledger import ledger_table
 from .metrics import OVERALL
 from .model import (
     NA,
@@ -441,4 +442,5 @@ def table11b(d: ReportData) -> TableBlock:
 
 ALL_TABLES: list[Callable[[ReportData], TableBlock]] = [
     table1, table3, table4, table2, table5, table6, table6b, table7, table8, table9, table10, table11, table11b,
+    ledger_table,
 ]
