@@ -174,9 +174,11 @@ def _store(tmp_path: Path) -> Path:
     plan = build_plan(load_config(REPO / "configs" / "mini-ci.yaml"))
     st = ArtifactStore(tmp_path / "store")
     secs = {"generate/mini-teacher": 3 * H, "compress/mini-teacher.mini-aggressive": H}
+    tables: dict[str, dict[str, Any]] = {"verify/mini-teacher": {"yield.parquet": []},  # read by the report
+                                         "compress/mini-teacher.mini-aggressive": {"compressed.parquet": []}}
     for i, nid in enumerate(["generate/mini-teacher", "verify/mini-teacher", "compress/mini-teacher.mini-aggressive",
                              "derive/mini-teacher.aggressive", "derive/mini-teacher.truncated"]):
-        _commit(st, plan, nid, {}, secs.get(nid), i)
+        _commit(st, plan, nid, tables.get(nid, {}), secs.get(nid), i)
     for i, cell in enumerate(CELLS):
         loss = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}]
         _commit(st, plan, f"train/{cell}", {"train_result.json": {"steps": 2, "train_seconds": 50.0,
@@ -212,6 +214,11 @@ def test_cli_prints_the_ledger_of_a_store(tmp_path: Path) -> None:
     assert trunc["total"]["cpu_core_hours"] == pytest.approx(2 * (600 + 60) / H + 3 + 1)
     table = CliRunner().invoke(app, ["ledger", str(root)])
     assert table.exit_code == 0 and "Table 12. Cost ledger" in table.output and "| Total |" in table.output
+    # --config: the study's cells the store holds (its report node's inputs, not the report's manifest)
+    by_config = CliRunner().invoke(app, ["ledger", str(root), "--json", "--config",
+                                         str(REPO / "configs" / "mini-ci.yaml")])
+    assert by_config.exit_code == 0, by_config.output
+    assert json.loads(by_config.output)["cells"] == doc["cells"]
 
 
 def test_cli_says_why_a_store_has_no_ledger(tmp_path: Path) -> None:
