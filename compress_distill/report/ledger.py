@@ -168,7 +168,7 @@ def f_amount(a: Amount) -> str:
     got = [f"{f_auto(v)} {unit}" for v, unit in ((a.gpu_hours, "GPU-h"), (a.cpu_core_hours, "core-h"))
            if v is not None]
     star = "*" if a.unmeasured else ""
-    return (" + ".join(got) if got else (NA if not a.unmeasured else "")) + star
+    return (" + ".join(got) if got else NA) + star
 
 
 TITLE = "Table 12. Cost ledger per cell: accuracy joined to measured cost"
