@@ -297,7 +297,8 @@ def ledger(
 @app.command("build-models")
 def build_models_cmd(
     names: Annotated[list[str] | None, typer.Argument(help="subset: teacher, compressor-mild, compressor-aggressive, "
-                                                           "student-tiny, student-small (default: all)")] = None,
+                                                           "student-tiny, student-small, student-tiny-base, "
+                                                           "student-small-base (default: all)")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized recipes (about a minute), into models/mini-quick/")
                      ] = False,
     root: Annotated[Path | None, typer.Option("--root", help="models directory (default: models/mini[-quick])")
@@ -307,7 +308,8 @@ def build_models_cmd(
                                                         "recipe key exists; it is replaced only once rebuilt")
                      ] = False,
 ) -> None:
-    """Build the mini world's tokenizer, teacher, compressors and student inits (cached by recipe key)."""
+    """Build the mini world's tokenizer, teacher, compressors, student inits and base students (cached by recipe
+    key)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from .miniworld.build import build_models
     from .miniworld.recipes import DEFAULT_ROOT

@@ -1,4 +1,5 @@
-"""Build the mini world's models as a keyed, cached step: tokenizer, teacher, two compressors, student inits.
+"""Build the mini world's models as a keyed, cached step: tokenizer, teacher, two compressors, student
+inits (random) and base students (pretrained on plain facts, `facts.py`).
 
 Each model is written to `<root>/.tmp/<name>-<key>.<uuid>/` and renamed to
 `<root>/<name>-<key>/` once complete, with `recipe.json` (key, recipe, build stats)
@@ -34,12 +35,14 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from compress_distill.miniworld.measure import compressor_stats, teacher_accuracy
+from compress_distill.miniworld.facts import fact_documents, fact_probes
+from compress_distill.miniworld.measure import compressor_stats, fact_accuracy, teacher_accuracy
 from compress_distill.miniworld.recipes import (
     BUILD_VERSION,
     DEFAULT_ROOT,
     MODEL_NAMES,
     RECIPE_FILE,
+    BaseStudentRecipe,
     CompressorRecipe,
     Recipe,
     Shape,
@@ -53,7 +56,7 @@ from compress_distill.miniworld.recipes import (
 )
 from compress_distill.miniworld.tokenizer import MAX_LEN, train_tokenizer
 from compress_distill.miniworld.traces import concise_trace, verbose_trace
-from compress_distill.miniworld.train import Stream, encode_pairs, train_lm
+from compress_distill.miniworld.train import Pair, Stream, encode_pairs, train_lm
 from compress_distill.miniworld.world import (
     assistant_text,
     chat_prompt,
@@ -204,6 +207,33 @@ def _student(recipe: StudentRecipe, tok_dir: Path) -> Callable[[Path], dict]:
     return write
 
 
+def fact_pairs(tok: PreTrainedTokenizerBase, docs: list[str]) -> list[Pair]:
+    """Plain-text documents as (prompt, target) pairs: the document-start token, then the whole
+    document (loss on every token of it) closed by the same token, as a Base model reads text."""
+    sep = tok.pad_token_id  # <|endoftext|>: never eos (<|im_end|>), which a base model should not know
+    ids = tok(docs, add_special_tokens=False)["input_ids"]
+    return [([sep], d + [sep]) for d in ids]
+
+
+def _base_student(recipe: BaseStudentRecipe, tok_dir: Path, quick: bool) -> Callable[[Path], dict]:
+    def write(tmp: Path) -> dict:
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+        model = new_model(tok, recipe.shape, recipe.init_seed)
+        probes = fact_probes(10 if quick else 100, seed=recipe.corpus.seed + 1)
+        before = fact_accuracy(model, tok, probes)
+        docs = fact_documents(recipe.corpus.n_docs, recipe.corpus.facts_per_doc, recipe.corpus.seed)
+        stream = Stream(fact_pairs(tok, docs), recipe.train.batch_size)
+        stats = train_lm(model, [stream], recipe.train, tok.pad_token_id, name="base-student")
+        stats["fact_acc_init"] = before
+        stats["fact_acc"] = fact_accuracy(model, tok, probes)
+        log.info("base student facts: %s (random init: %s)", stats["fact_acc"], before)
+        stats.update(params=sum(p.numel() for p in model.parameters()), documents=len(docs))
+        model.save_pretrained(tmp)
+        _copy_tokenizer(tok_dir, tmp)
+        return stats
+    return write
+
+
 def build_models(names: list[str] | None = None, quick: bool = False, threads: int = 2,
                  root: Path | str | None = None) -> dict[str, Path]:
     """Build (or find cached) the named models and whatever they start from. Returns name -> directory."""
@@ -228,6 +258,8 @@ def build_models(names: list[str] | None = None, quick: bool = False, threads: i
                 write = _teacher(recipe, build_tokenizer(recipe.tokenizer, root), quick)
             elif isinstance(recipe, CompressorRecipe):
                 write = _compressor(recipe, out["teacher"], build_tokenizer(recipe.teacher.tokenizer, root), quick)
+            elif isinstance(recipe, BaseStudentRecipe):
+                write = _base_student(recipe, build_tokenizer(recipe.tokenizer, root), quick)
             else:
                 write = _student(recipe, build_tokenizer(recipe.tokenizer, root))
             out[name] = _commit(root, name, recipe, write)

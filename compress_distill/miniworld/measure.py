@@ -100,6 +100,18 @@ def rejection_yield(model, tok, questions: list[Question], rounds: int = 3, temp
     return {"rounds": per_round, "cumulative": round(solved / len(questions), 3), "n": len(questions)}
 
 
+def fact_accuracy(model, tok, probes: dict[str, list[tuple[str, str]]]) -> dict[str, float]:
+    """Per fact kind: the share of greedy completions of a document-start + stem that begin with the
+    fact's completion (e.g. `7 + 8 =` -> ` 15.`). A base model never emits eos, so a few tokens suffice."""
+    start = tok.pad_token  # <|endoftext|>: every pretraining document starts after it
+    out: dict[str, float] = {}
+    for kind, pairs in probes.items():
+        texts = generate(model, tok, [start + stem for stem, _ in pairs], max_new=5)
+        hits = [t.startswith(comp) for t, (_, comp) in zip(texts, pairs, strict=True)]
+        out[kind] = round(sum(hits) / len(hits), 3)
+    return out
+
+
 _LAST = {"numeric": r"\d+", "boolean": r"\b(?:yes|no)\b", "letter": r"\b[A-D]\b"}
 
 

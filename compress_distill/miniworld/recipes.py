@@ -104,8 +104,37 @@ class StudentRecipe(Frozen):
     init_seed: int = 0
 
 
-Recipe = TeacherRecipe | CompressorRecipe | StudentRecipe
-MODEL_NAMES = ("teacher", "compressor-mild", "compressor-aggressive", "student-tiny", "student-small")
+class FactCorpus(Frozen):
+    """The base students' pretraining documents (`facts.fact_documents`): plain facts, no questions."""
+
+    n_docs: int = Field(20000, ge=1)
+    facts_per_doc: int = Field(8, ge=1)
+    seed: int = 11  # the teacher's data seed is 0, the compressors' 1: distinct streams
+
+
+class BaseStudentRecipe(Frozen):
+    """A Base student: the student's shape, pretrained on the world's facts in plain notation.
+
+    It KNOWS the single-digit tables (sums, mod 10, order, parity, the smaller of two), which
+    digit of a number is its ones / tens / last digit, and the smallest of 3 or 5 digits.
+    It does NOT know the questions, the chat template, the `<think>` trace format, or the
+    reasoning that joins the facts into an answer (ones digits decide a sum mod 10, tens then
+    ones decide a comparison, the last digit decides parity, a letter names the smallest
+    option's position); distillation must teach that. No document holds a question or its
+    answer mapping, and no held-out question's numbers appear (see `facts.py` for how).
+    """
+
+    kind: Literal["base_student"] = "base_student"
+    tokenizer: TokenizerRecipe
+    shape: Shape
+    corpus: FactCorpus
+    train: TrainSpec
+    init_seed: int = 0
+
+
+Recipe = TeacherRecipe | CompressorRecipe | StudentRecipe | BaseStudentRecipe
+MODEL_NAMES = ("teacher", "compressor-mild", "compressor-aggressive", "student-tiny", "student-small",
+               "student-tiny-base", "student-small-base")
 
 
 def default_recipes(quick: bool = False) -> dict[str, Recipe]:
@@ -117,18 +146,23 @@ def default_recipes(quick: bool = False) -> dict[str, Recipe]:
                                 n_train_per_domain=60, traces_per_question=1, verbose_per_batch=3)
         comp = TrainSpec(steps=5, batch_size=8, lr=1e-3, warmup=2)
         comp_n = 30
+        facts, pretrain = FactCorpus(n_docs=200), TrainSpec(steps=30, batch_size=16, warmup=5)
     else:
         tok = TokenizerRecipe()
         teacher = TeacherRecipe(tokenizer=tok, shape=Shape(hidden=128, layers=4), train=TrainSpec(steps=1800))
         comp = TrainSpec(steps=400, lr=1e-3, warmup=10)
         comp_n = 2000
+        facts, pretrain = FactCorpus(), TrainSpec(steps=800, batch_size=32, lr=3e-3)
+    tiny, small = Shape(hidden=96, layers=3), Shape(hidden=128, layers=4)
     return {
         "teacher": teacher,
         "compressor-mild": CompressorRecipe(teacher=teacher, level="mild", train=comp, n_train_per_domain=comp_n),
         "compressor-aggressive": CompressorRecipe(teacher=teacher, level="aggressive", train=comp,
                                                   n_train_per_domain=comp_n),
-        "student-tiny": StudentRecipe(tokenizer=tok, shape=Shape(hidden=96, layers=3), init_seed=5),
-        "student-small": StudentRecipe(tokenizer=tok, shape=Shape(hidden=128, layers=4), init_seed=5),
+        "student-tiny": StudentRecipe(tokenizer=tok, shape=tiny, init_seed=5),
+        "student-small": StudentRecipe(tokenizer=tok, shape=small, init_seed=5),
+        "student-tiny-base": BaseStudentRecipe(tokenizer=tok, shape=tiny, corpus=facts, train=pretrain, init_seed=5),
+        "student-small-base": BaseStudentRecipe(tokenizer=tok, shape=small, corpus=facts, train=pretrain, init_seed=5),
     }
 
 
