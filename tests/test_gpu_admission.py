@@ -33,6 +33,11 @@ def test_running_gpu_jobs_never_exceed_the_pool(tmp_path: Path, tmp_path_factory
     # (4 GPUs) would run at once, plus an evaluation
     data["cluster"].update({"nodes": 1, "gpus_per_node": 2, "local_workers": 3})
     data["students"]["tiny"]["gpus"] = 2
+    # admission is under test, not learning: 1 epoch over 100 questions a domain (mini.yaml's 17
+    # epochs over 500 made two sequential trainings outlast the timeout on a loaded machine)
+    data["training"]["num_epochs"] = 1
+    for ds in data["datasets"].values():
+        ds.update({"limit": 100, "eval_limit": 25})
     cfg = tmp_path / "mini-2gpu.yaml"
     cfg.write_text(yaml.safe_dump(data))
     store = tmp_path / "store"
