@@ -29,6 +29,7 @@ from .model import STATUS_NA, CellInfo, Finding, ReportData, f_auto, f_num, num
 from .stats import (
     MATCH_MARGIN,
     MATCHES,
+    Statistic,
     contrast,
     decide,
     estimate,
@@ -52,18 +53,8 @@ def finding_retention(d: ReportData) -> Finding:
                 f"Per compressed cell: retention = its accuracy / the raw cell's, with a CI. Holds when the CI "
                 f"lies within the paper's range widened by {MATCH_MARGIN} each side; contradicted when it lies "
                 f"wholly outside the paper's range ({CI_RULE}).", STATUS_NA)
-    outcomes: list[str | None] = []
-    cmps: list[Compared] = []
-    for raw, c in raw_pairs(d, "compressed"):
-        cmp = compare(d, (c, raw), ratio(0, 1))
-        o = in_range(cmp.est, lo, hi, MATCH_MARGIN) if cmp.est else None
-        outcomes.append(o)
-        cmps.append(cmp)
-        acc = f" ({cmp.means[0]:.3f} / {cmp.means[1]:.3f})" if cmp.means else ""
-        f.evidence.append(stat_line(cmp, f"{name(d, c)} retention{acc}",
-                                    verdict(o, ("in the paper's range", "outside the paper's range",
-                                                 "inconclusive"))))
-    return close(f, outcomes, cmps)
+    return _against_range(d, f, ratio(0, 1), ("correct",), PAPER_RETENTION, MATCH_MARGIN, "retention",
+                          show_means=True, digits=3)
 
 
 def finding_efficiency(d: ReportData) -> Finding:
@@ -74,16 +65,27 @@ def finding_efficiency(d: ReportData) -> Finding:
                 f"Per compressed cell: gain = its Acc/1k tokens / the raw cell's (mean completion tokens over "
                 f"all records), with a CI. Holds when the CI lies within the paper's range; contradicted when "
                 f"it lies wholly outside it ({CI_RULE}).", STATUS_NA)
+    return _against_range(d, f, per_token_gain(0, 1), ("correct", "completion_tokens"), PAPER_GAIN, 0.0,
+                          "gain (x)", show_means=False, digits=2)
+
+
+def _against_range(d: ReportData, f: Finding, stat: Statistic, channels: tuple[str, ...],
+                   paper: tuple[float, float], margin: float, what: str, *, show_means: bool,
+                   digits: int) -> Finding:
+    """Per compressed cell against the raw cell of its configuration: `stat` of (compressed, raw)
+    with a CI, in the paper's range (widened by `margin`) or outside it; (f) and (g)."""
+    lo, hi = paper
     outcomes: list[str | None] = []
     cmps: list[Compared] = []
     for raw, c in raw_pairs(d, "compressed"):
-        cmp = compare(d, (c, raw), per_token_gain(0, 1), channels=("correct", "completion_tokens"))
-        o = in_range(cmp.est, lo, hi, 0.0) if cmp.est else None
+        cmp = compare(d, (c, raw), stat, channels=channels)
+        o = in_range(cmp.est, lo, hi, margin) if cmp.est else None
         outcomes.append(o)
         cmps.append(cmp)
-        f.evidence.append(stat_line(cmp, f"{name(d, c)} gain (x)",
+        acc = f" ({cmp.means[0]:.3f} / {cmp.means[1]:.3f})" if show_means and cmp.means else ""
+        f.evidence.append(stat_line(cmp, f"{name(d, c)} {what}{acc}",
                                     verdict(o, ("in the paper's range", "outside the paper's range",
-                                                 "inconclusive")), digits=2))
+                                                 "inconclusive")), digits=digits))
     return close(f, outcomes, cmps)
 
 
